@@ -1,0 +1,26 @@
+"""Student networks and their registry of presets."""
+
+from .grouping import Assignment, GroupingBlock
+from .registry import build_student, list_students, student_config
+from .student import (
+    Student,
+    StudentConfig,
+    count_parameters,
+    parameter_breakdown,
+    random_masking,
+    sincos_pos_embed_2d,
+)
+
+__all__ = [
+    "Assignment",
+    "GroupingBlock",
+    "Student",
+    "StudentConfig",
+    "build_student",
+    "count_parameters",
+    "list_students",
+    "parameter_breakdown",
+    "random_masking",
+    "sincos_pos_embed_2d",
+    "student_config",
+]
