@@ -1,0 +1,183 @@
+import json
+
+import pytest
+import torch
+
+from zeroseg.models import (
+    GroupingBlock,
+    build_student,
+    count_parameters,
+    list_students,
+    parameter_breakdown,
+    random_masking,
+    sincos_pos_embed_2d,
+    student_config,
+)
+from zeroseg.models.grouping import straight_through_onehot
+
+D = 32
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_student("student-tiny", D)
+
+
+def test_presets_listed():
+    names = list_students()
+    assert {"student-tiny", "student-small", "zeroseg-vit-b16"} <= set(names)
+
+
+def test_masking_exact_count_unique_and_seeded():
+    n, ratio = 64, 0.6
+    keep, restore = random_masking(8, n, ratio, generator=torch.Generator().manual_seed(1))
+    assert keep.shape == (8, round((1 - ratio) * n))
+    for row in keep:
+        assert len(set(row.tolist())) == keep.shape[1]
+        assert row.tolist() == sorted(row.tolist())
+    # restore is a permutation; visible patches land in the first positions
+    assert (restore.sort(dim=1).values == torch.arange(n)).all()
+    assert (restore.gather(1, keep) < keep.shape[1]).all()
+    keep2, _ = random_masking(8, n, ratio, generator=torch.Generator().manual_seed(1))
+    keep3, _ = random_masking(8, n, ratio, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(keep, keep2)
+    assert not torch.equal(keep, keep3)
+    for r in (0.0, 0.25, 0.75, 0.9):
+        k, _ = random_masking(2, 196, r)
+        assert k.shape[1] == max(1, round((1 - r) * 196))
+
+
+def test_sincos_shape_and_rescaling():
+    pe = sincos_pos_embed_2d(4, 4, 16)
+    assert pe.shape == (16, 16)
+    assert len({tuple(r.tolist()) for r in pe}) == 16
+    # a 2x larger grid rescaled to the 4x4 range reproduces it on even positions
+    big = sincos_pos_embed_2d(8, 8, 16, base_grid=(4, 4)).reshape(8, 8, 16)
+    assert torch.allclose(big[::2, ::2].reshape(16, 16), pe, atol=1e-6)
+
+
+def test_forward_shapes_and_diagnostics(tiny):
+    tiny.train()
+    x = torch.rand(3, 3, 64, 64)
+    out = tiny(x, generator=torch.Generator().manual_seed(0))
+    assert out["z"].shape == (3, D)
+    assert out["segments"].shape == (3, 8, D)
+    assert out["recon_loss"].ndim == 0 and out["recon_loss"].item() > 0
+    for k in ("assign_logit_std", "groups_used", "assign_logit_std_1", "groups_used_2"):
+        assert out[k].ndim == 0 and not out[k].requires_grad
+    assert 1 <= out["groups_used"].item() <= 8
+    # eval mode: nothing masked, no reconstruction
+    tiny.eval()
+    with torch.no_grad():
+        out = tiny(x)
+    assert out["recon_loss"].item() == 0
+    assert out["segments"].shape == (3, 8, D)
+    tiny.train()
+
+
+def test_forward_reproducible_with_generator(tiny):
+    tiny.train()
+    x = torch.rand(2, 3, 64, 64)
+    a = tiny(x, generator=torch.Generator().manual_seed(5))
+    b = tiny(x, generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(a["z"], b["z"]) and torch.allclose(a["recon_loss"], b["recon_loss"])
+
+
+def test_segment_outputs(tiny):
+    x = torch.rand(2, 3, 64, 64)
+    tiny.train()
+    segs, pg = tiny.segment(x)
+    assert tiny.training  # segment() does not change the module's mode
+    assert segs.shape == (2, 8, D) and pg.shape == (2, 8, 64, 64)
+    assert torch.allclose(pg.sum(dim=1), torch.ones(2, 64, 64), atol=1e-4)
+    # other sizes (multiple of the patch) work through rescaled positions
+    segs, pg = tiny.segment(torch.rand(1, 3, 96, 128))
+    assert pg.shape == (1, 8, 96, 128)
+
+
+def test_backward_reaches_every_parameter(tiny):
+    tiny.train()
+    tiny.zero_grad()
+    out = tiny(torch.rand(2, 3, 64, 64))
+    (out["z"].sum() + out["segments"].sum() + out["recon_loss"]).backward()
+    missing = [n for n, p in tiny.named_parameters() if p.grad is None]
+    assert not missing, missing
+    for g in tiny.group_tokens:
+        assert g.grad.abs().sum() > 0
+
+
+def _block(**kw):
+    torch.manual_seed(0)
+    return GroupingBlock(16, 2, assign=kw.pop("assign", "dot"), **kw)
+
+
+@pytest.mark.parametrize("assign", ["dot", "cosine"])
+def test_grouping_hard_in_train_soft_sums_to_one(assign):
+    blk = _block(assign=assign)
+    tokens, groups = torch.randn(2, 10, 16), torch.randn(2, 4, 16)
+    out, a = blk(tokens, groups, stochastic=True, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 4, 16)
+    hard = a.hard.detach()
+    assert torch.all((hard == 0) | (hard == 1))
+    assert torch.allclose(hard.sum(dim=1), torch.ones(2, 10))
+    assert torch.allclose(a.soft.sum(dim=1), torch.ones(2, 10), atol=1e-5)
+    _, a_eval = blk(tokens, groups, stochastic=False)
+    assert torch.equal(a_eval.hard.detach().argmax(1), a_eval.soft.argmax(1))
+
+
+def test_straight_through_gradient_reaches_groups():
+    blk = _block(gumbel=True, pre_assign_attn=False)
+    tokens = torch.randn(2, 10, 16)
+    groups = torch.randn(2, 4, 16, requires_grad=True)
+    out, a = blk(tokens, groups, stochastic=True)
+    (out * torch.randn_like(out)).sum().backward()
+    assert groups.grad is not None and groups.grad.abs().sum() > 0
+    # the straight-through estimator: forward one-hot, backward softmax gradient
+    p = torch.softmax(torch.randn(3, 5, requires_grad=True), dim=1)
+    h = straight_through_onehot(p, dim=1)
+    assert torch.equal(h.detach(), torch.nn.functional.one_hot(p.argmax(1), 5).float())
+    g = torch.randn(3, 5)
+    (ga,) = torch.autograd.grad((h * g).sum(), p, retain_graph=True)
+    assert torch.allclose(ga, g)
+
+
+def test_assign_logit_gradient_through_straight_through():
+    # assign_q/assign_k only influence the output through the logits, so a gradient there
+    # proves the straight-through path carries gradient from the hard assignment to the groups
+    blk = _block(gumbel=True, pre_assign_attn=False)
+    tokens, groups = torch.randn(2, 10, 16), torch.randn(2, 4, 16)
+    out, _ = blk(tokens, groups, stochastic=True)
+    (out * torch.randn_like(out)).sum().backward()
+    assert blk.assign_q.weight.grad.abs().sum() > 0
+    assert blk.assign_k.weight.grad.abs().sum() > 0
+
+
+def test_registry_round_trip_through_json():
+    cfg = student_config("student-tiny")
+    again = json.loads(json.dumps(cfg))
+    a = build_student("student-tiny", D)
+    b = build_student(again, D)
+    assert count_parameters(a) == count_parameters(b)
+    assert b.cfg.to_dict() == cfg
+    assert build_student(cfg, D, width=64, num_heads=2).cfg.width == 64
+    with pytest.raises(KeyError):
+        build_student({**cfg, "widht": 3}, D)
+    with pytest.raises(KeyError):
+        student_config("student-nope")
+
+
+def test_param_groups_cover_all_parameters(tiny):
+    groups = tiny.param_groups(0.05)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(tiny.parameters()))
+
+
+def test_paper_preset_parameter_count():
+    with torch.device("meta"):
+        model = build_student("zeroseg-vit-b16", 768)
+    counts = parameter_breakdown(model)
+    print("zeroseg-vit-b16 parameters:", counts)
+    # ViT-B/16 encoder without cls token / head: about 85.8M
+    assert 85e6 < counts["encoder"] < 87e6
+    assert model.cfg.num_groups == [32, 8] and model.cfg.head_depth == 5

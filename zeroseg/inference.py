@@ -1,0 +1,133 @@
+"""Turning embeddings into pixel labels with text embeddings (open-vocabulary classification).
+
+Label convention everywhere: class index ``c`` of ``text_emb`` -> label ``c + 1``; label 0 is
+background. Background modes:
+
+- ``"threshold"`` (paper / GroupViT): background where the max of ``softmax(scale * cos)`` over
+  classes is below ``threshold``;
+- ``"cosine"``: background where the max raw cosine is below ``threshold`` (suits weak
+  teachers whose softmax saturates);
+- ``"prompt"``: ``text_emb[0]`` is a background prompt; the argmax is the label directly
+  (0 = background, c = class c), ``threshold`` unused;
+- ``"none"``: never background.
+
+The student, the MaskCLIP dense baseline and the grid-crop baseline share this code, so they
+differ only in where the per-location embeddings come from.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+BACKGROUND_MODES = ("threshold", "cosine", "prompt", "none")
+
+
+def cosine_scores(emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity (..., C) between embeddings (..., D) and class embeddings (C, D)."""
+    e = F.normalize(emb.float(), dim=-1)
+    t = F.normalize(text_emb.float().to(e.device), dim=-1)
+    return e @ t.T
+
+
+def class_probabilities(
+    segments: torch.Tensor, text_emb: torch.Tensor, scale: float = 100.0
+) -> torch.Tensor:
+    """softmax(scale * cos) over classes: (G, D), (C, D) -> (G, C)."""
+    return (scale * cosine_scores(segments, text_emb)).softmax(dim=-1)
+
+
+def labels_from_scores(
+    cos: torch.Tensor,
+    threshold: float,
+    background: str = "threshold",
+    scale: float = 100.0,
+    class_dim: int = -1,
+) -> torch.Tensor:
+    """Cosine scores with a class axis -> int64 labels (class c -> c + 1, background 0)."""
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
+    cos = cos.movedim(class_dim, -1)
+    best = cos.argmax(dim=-1)
+    if background == "prompt":
+        return best.long()
+    labels = best.long() + 1
+    if background == "threshold":
+        conf = (scale * cos).softmax(dim=-1).amax(dim=-1)
+        labels = torch.where(conf < threshold, torch.zeros_like(labels), labels)
+    elif background == "cosine":
+        labels = torch.where(cos.amax(dim=-1) < threshold, torch.zeros_like(labels), labels)
+    return labels
+
+
+def pixel_class_scores(
+    pixel_groups: torch.Tensor, segments: torch.Tensor, text_emb: torch.Tensor
+) -> torch.Tensor:
+    """(C, H, W) cosine map: each pixel takes the scores of its argmax group.
+
+    Use it for sliding-window evaluation: average the maps of overlapping windows, then call
+    :func:`labels_from_scores` with ``class_dim=0``.
+    """
+    group_of_pixel = pixel_groups.argmax(dim=0)  # (H, W)
+    cos = cosine_scores(segments, text_emb)  # (G, C)
+    return cos[group_of_pixel.to(cos.device)].permute(2, 0, 1)
+
+
+def label_map(
+    pixel_groups: torch.Tensor,
+    segments: torch.Tensor,
+    text_emb: torch.Tensor,
+    threshold: float,
+    background: str = "threshold",
+    scale: float = 100.0,
+) -> torch.Tensor:
+    """Student output for one image -> (H, W) int64 labels.
+
+    ``pixel_groups`` (G, H, W) soft assignment (pixel -> its argmax group), ``segments`` (G, D),
+    ``text_emb`` (C, D). Each group gets its nearest class, or background (see module doc).
+    """
+    group_labels = labels_from_scores(
+        cosine_scores(segments, text_emb), threshold, background, scale
+    )  # (G,)
+    return group_labels[pixel_groups.argmax(dim=0).to(group_labels.device)]
+
+
+def labels_from_dense(
+    dense: torch.Tensor,
+    text_emb: torch.Tensor,
+    threshold: float,
+    out_hw: tuple[int, int],
+    background: str = "threshold",
+    scale: float = 100.0,
+) -> torch.Tensor:
+    """MaskCLIP-style baseline: dense features (h, w, D) -> (H, W) labels.
+
+    Cosine maps are upsampled bilinearly before classification, as dense logits usually are.
+    """
+    cos = cosine_scores(dense, text_emb).permute(2, 0, 1)  # (C, h, w)
+    cos = F.interpolate(cos[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
+    return labels_from_scores(cos, threshold, background, scale, class_dim=0)
+
+
+def labels_from_grid(
+    cell_emb: torch.Tensor,
+    text_emb: torch.Tensor,
+    threshold: float,
+    out_hw: tuple[int, int],
+    background: str = "threshold",
+    scale: float = 100.0,
+) -> torch.Tensor:
+    """Grid-crop baseline: one embedding per cell (gh, gw, D) -> (H, W) labels.
+
+    Each cell labels its block of pixels: pixel (y, x) belongs to cell
+    (floor(y * gh / H), floor(x * gw / W)), i.e. nearest upsampling of the cell labels.
+    """
+    cell_labels = labels_from_scores(
+        cosine_scores(cell_emb, text_emb), threshold, background, scale
+    )
+    gh, gw = cell_labels.shape
+    h, w = out_hw
+    dev = cell_labels.device
+    rows = torch.arange(h, device=dev) * gh // h
+    cols = torch.arange(w, device=dev) * gw // w
+    return cell_labels[rows[:, None], cols[None, :]]
