@@ -1,0 +1,247 @@
+"""The ``zeroseg`` command line.
+
+``main(argv)`` returns an exit code instead of exiting, so tests drive it in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from zeroseg.config import ConfigError, load_config
+
+EPILOG = """\
+examples:
+  zeroseg run --config jobs/demo.yaml                    # everything, on a laptop CPU
+  zeroseg extract --config jobs/demo.yaml storage.root=s3://bucket/zs data.train=s3://bucket/imgs
+  zeroseg train --config jobs/demo.yaml train.epochs=20  # reuses the cache, new run folder
+  zeroseg eval --config jobs/demo.yaml --checkpoint runs/demo/train/<run>/final
+  zeroseg status runs/demo/extract/<fingerprint>
+  zeroseg segment photo.png --classes "circle,star" --checkpoint <final dir> -o out/
+
+Settings are `section.key=value` overrides applied after the YAML file (see
+docs/configuration.md); unknown keys and wrong types are reported before any work starts.
+"""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", "-c", help="YAML job config (defaults when omitted)")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. storage.root=s3://bucket/run train.epochs=5",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zeroseg",
+        description="Label-free open-vocabulary segmentation: cache CLIP views of grid regions "
+        "(extract), distill them into a segment-token student (train), score it with free-form "
+        "class names (eval).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    p = sub.add_parser("run", help="extract -> train -> eval, each skipped when already done")
+    _config_args(p)
+
+    p = sub.add_parser("extract", help="cache teacher embeddings of the 30 grid views (Ray Data)")
+    _config_args(p)
+    p.add_argument(
+        "--mode",
+        choices=["resume", "overwrite"],
+        help="resume (default) skips shards with markers; overwrite starts over",
+    )
+    p.add_argument("--redo-shards", help="comma-separated shard numbers to recompute")
+
+    p = sub.add_parser("train", help="distill the cache into the student (Ray Train)")
+    _config_args(p)
+    p.add_argument("--cache", help="teacher cache folder (default: the one extract would make)")
+
+    p = sub.add_parser("eval", help="score a checkpoint and the teacher-only baselines")
+    _config_args(p)
+    p.add_argument("--checkpoint", help="a train run's final/ folder (default: this config's)")
+
+    p = sub.add_parser("teacher-pretrain", help="train (once) and cache the toy CLIP teacher")
+    _config_args(p)
+    p.add_argument("--force", action="store_true", help="retrain even when cached")
+
+    p = sub.add_parser("status", help="done / pending units of a stage folder")
+    p.add_argument("stage_dir")
+
+    p = sub.add_parser("data", help="generate datasets")
+    dsub = p.add_subparsers(dest="data_command", metavar="dataset")
+    s = dsub.add_parser("shapes", help="the synthetic shapes world (images, optional masks)")
+    s.add_argument("--out", required=True, help="output folder or fsspec URL")
+    s.add_argument("--n", type=int, required=True, help="number of scenes")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--labels",
+        action="store_true",
+        help="also write masks/ (palette PNG: 0 background, 255 ignore), "
+        "classes.json and captions.jsonl (a benchmark split)",
+    )
+    s.add_argument("--image-size", type=int, default=64)
+
+    p = sub.add_parser("segment", help="segment images with free-form class names")
+    p.add_argument("images", nargs="+", help="image files or fsspec URLs")
+    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "cat,sofa"')
+    p.add_argument("--checkpoint", required=True, help="a train run's final/ folder")
+    p.add_argument("-o", "--out", required=True, help="output folder for overlays")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="background where the best class probability is below this (default 0.5)",
+    )
+    p.add_argument(
+        "--save-labels",
+        action="store_true",
+        help="also write <stem>.npy label maps (0 background, k = k-th class)",
+    )
+    return parser
+
+
+def _load(args) -> object:
+    extra = list(args.overrides or [])
+    if getattr(args, "mode", None):
+        extra.append(f"extract.mode={args.mode}")
+    if getattr(args, "redo_shards", None):
+        try:
+            shards = [int(s) for s in args.redo_shards.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--redo-shards: not a list of integers: {args.redo_shards!r}"
+            ) from None
+        extra.append(f"extract.redo_shards=[{','.join(map(str, shards))}]")
+    return load_config(args.config, extra)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return _dispatch(args, parser)
+    except ConfigError as exc:
+        print(f"zeroseg: config error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"zeroseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args, parser) -> int:
+    cmd = args.command
+    if cmd == "data":
+        if args.data_command != "shapes":
+            parser.parse_args(["data", "--help"])
+        from zeroseg.data.shapes import WorldSettings, write_split
+
+        write_split(
+            args.out,
+            n=args.n,
+            seed=args.seed,
+            labeled=args.labels,
+            settings=WorldSettings(image_size=args.image_size),
+        )
+        print(f"wrote {args.n} scenes to {args.out}")
+        return 0
+    if cmd == "status":
+        from .status import print_status
+
+        return print_status(args.stage_dir)
+    if cmd == "segment":
+        from .segment import segment_images
+
+        return segment_images(
+            args.images,
+            args.classes,
+            args.checkpoint,
+            args.out,
+            threshold=args.threshold,
+            save_labels=args.save_labels,
+        )
+
+    cfg = _load(args)
+    if cmd == "teacher-pretrain":
+        from .teachers import pretrain_toy_teacher
+
+        pretrain_toy_teacher(cfg, force=args.force)
+        return 0
+
+    from .cluster import ensure_ray
+
+    if cmd == "run":
+        from .run import run_all
+
+        run_all(cfg)
+        return 0
+    if cmd == "extract":
+        from .extract import run_extract
+
+        ensure_ray(cfg)
+        run_extract(cfg)
+        return 0
+    if cmd == "train":
+        from .train import run_train
+
+        ensure_ray(cfg)
+        cache = args.cache or _finished_cache(cfg)
+        run_train(cfg, cache)
+        return 0
+    if cmd == "eval":
+        from .evaluate import run_eval
+
+        ensure_ray(cfg)
+        checkpoint = args.checkpoint or _finished_final(cfg)
+        metrics = run_eval(cfg, checkpoint)
+        print(
+            f"student mIoU {metrics['student']['miou']:.3f}; "
+            + ", ".join(f"{k} {v['miou']:.3f}" for k, v in metrics["baselines"].items())
+        )
+        return 0
+    raise AssertionError(cmd)
+
+
+def _finished_cache(cfg) -> str:
+    """The cache this config's extract stage produces; an actionable error if missing."""
+    from . import storage
+    from .extract import extract_fingerprint, list_training_images, stage_uri
+    from .runner import StageDir
+    from .teachers import resolve_teacher
+
+    teacher = resolve_teacher(cfg)
+    uri = stage_uri(cfg, extract_fingerprint(cfg, teacher, list_training_images(cfg.data.train)))
+    if not StageDir(uri).succeeded():
+        raise FileNotFoundError(
+            f"no finished teacher cache for this config at {storage.normalize(uri)}; run "
+            "`zeroseg extract` with the same config first"
+        )
+    return uri
+
+
+def _finished_final(cfg) -> str:
+    from . import storage
+    from .cache import CacheReader
+    from .train import FINAL, WEIGHTS, run_dir
+
+    cache = _finished_cache(cfg)
+    storage_path, name = run_dir(cfg, CacheReader(cache).manifest["fingerprint"])
+    final = storage.join(storage_path, name, FINAL)
+    if not storage.exists(storage.join(final, WEIGHTS)):
+        raise FileNotFoundError(
+            f"no finished training run for this config at {final}; run `zeroseg train` with the "
+            "same config first, or pass --checkpoint"
+        )
+    return final
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,301 @@
+"""eval: parallel Ray tasks score the student and the teacher-only baselines.
+
+One task per (split, image part) computes, for every method and every background threshold of
+the sweep, a confusion matrix, and writes them as one ``parts/<split>-NNNN.npz`` (written last,
+so an existing part is a finished unit and reruns skip it). Finalize picks each method's
+threshold on the validation split, reports the benchmark split at that threshold, and draws
+overlays. The same harness runs every method, so the comparison is like for like.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from typing import Any
+
+import numpy as np
+
+from zeroseg.config import Config, config_to_dict
+
+from . import storage
+from .runner import StageDir, code_version, fingerprint, now, write_run_info
+
+PROTOCOL_VERSION = 1
+
+
+def protocol(cfg: Config, class_names: list[str]) -> dict[str, Any]:
+    """Everything that defines how a benchmark is scored; versioned and saved with metrics."""
+    return {
+        "name": cfg.eval.benchmark,
+        "version": PROTOCOL_VERSION,
+        "classes": class_names,
+        "templates": list(cfg.teacher.templates),
+        "prob_scale": cfg.eval.prob_scale,
+        "thresholds": list(cfg.eval.threshold_grid)
+        if cfg.eval.tune_threshold
+        else [cfg.eval.threshold],
+        "threshold_selection": "best mIoU on the validation split"
+        if cfg.eval.tune_threshold
+        else "fixed",
+        "input_size": "resized to the training crop size; predictions at the mask's resolution",
+    }
+
+
+def _read_split(uri: str) -> tuple[list[str], list[str]]:
+    classes = storage.read_json(storage.join(uri, "classes.json"))
+    images = storage.list_files(storage.join(uri, "images"), (".png",))
+    if not images:
+        raise FileNotFoundError(f"no images under {uri}/images")
+    return classes, images
+
+
+def _mask_uri(image_uri: str) -> str:
+    head, name = image_uri.rsplit("/", 1) if "/" in image_uri else ("", image_uri)
+    return f"{head.rsplit('/', 1)[0]}/masks/{name}"
+
+
+def load_pair(image_uri: str) -> tuple[np.ndarray, np.ndarray]:
+    from PIL import Image
+
+    image = np.array(Image.open(io.BytesIO(storage.read_bytes(image_uri))).convert("RGB"))
+    mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(_mask_uri(image_uri)))))
+    return image, mask.astype(np.int64)
+
+
+class Scorer:
+    """Student + teacher + text embeddings, loaded once per task."""
+
+    def __init__(self, final_uri: str, class_names: list[str], templates: list[str]):
+        from zeroseg.teacher import Teacher
+
+        from .train import load_student
+
+        self.student, self.info = load_student(final_uri)
+        t = self.info["teacher"]
+        self.teacher = Teacher(
+            t["model"], t["pretrained"] or None, normalize=self.info.get("teacher_normalize", True)
+        )
+        self.text = self.teacher.encode_text(class_names[1:], templates)
+        self.size = int(self.info["views"]["crop_size"])
+
+    def scores(self, method: str, image: np.ndarray, scale: float):
+        from zeroseg.predict import method_scores
+
+        return method_scores(
+            method,
+            image,
+            self.text,
+            student=self.student,
+            teacher=self.teacher,
+            size=self.size,
+            scale=scale,
+        )
+
+
+def eval_part(
+    final_uri: str,
+    out_uri: str,
+    images: list[str],
+    class_names: list[str],
+    templates: list[str],
+    thresholds: list[float],
+    scale: float,
+    threads: int,
+) -> str:
+    """One task: confusion matrices ``(T, K, K)`` per method for a list of images."""
+    import torch
+
+    from zeroseg.metrics import confusion_matrix
+    from zeroseg.predict import METHODS, sweep_labels
+
+    torch.set_num_threads(max(1, threads))
+    scorer = Scorer(final_uri, class_names, templates)
+    k = len(class_names)
+    conf = {m: np.zeros((len(thresholds), k, k), np.int64) for m in METHODS}
+    for uri in images:
+        image, mask = load_pair(uri)
+        for m in METHODS:
+            maxp, cls = scorer.scores(m, image, scale)
+            for i, labels in enumerate(sweep_labels(maxp, cls, thresholds)):
+                conf[m][i] += confusion_matrix(labels, mask, k)
+    buf = io.BytesIO()
+    np.savez(buf, **conf)
+    storage.write_bytes(out_uri, buf.getvalue())
+    return out_uri
+
+
+def eval_fingerprint(cfg: Config, final_uri: str, proto: dict[str, Any]) -> str:
+    weights = storage.join(final_uri, "model.safetensors")
+    return fingerprint(
+        {
+            "weights": {"uri": storage.normalize(weights), **storage.file_signature(weights)},
+            "bench": storage.normalize(cfg.data.bench),
+            "val": storage.normalize(cfg.data.val) if cfg.eval.tune_threshold else None,
+            "protocol": proto,
+        }
+    )
+
+
+def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
+    """Score the student and baselines; returns (and writes) ``metrics.json``."""
+    import ray
+    from tqdm import tqdm
+
+    class_names, bench_images = _read_split(cfg.data.bench)
+    splits = {"bench": bench_images}
+    if cfg.eval.tune_threshold:
+        val_classes, splits["val"] = _read_split(cfg.data.val)
+        if val_classes != class_names:
+            raise ValueError("validation and benchmark splits have different classes.json")
+    proto = protocol(cfg, class_names)
+    fp = eval_fingerprint(cfg, final_uri, proto)
+    stage = StageDir(
+        storage.join(cfg.storage.root, "eval", fp, cfg.eval.benchmark), marker_dir="parts"
+    )
+    metrics_uri = stage.path("metrics.json")
+    if stage.succeeded():
+        log(f"[eval] finished evaluation found, skipping: {stage.uri}")
+        return storage.read_json(metrics_uri)
+    storage.makedirs(stage.uri)
+    write_run_info(stage.uri, "eval", config_to_dict(cfg), checkpoint=final_uri, protocol=proto)
+
+    per = cfg.eval.images_per_task
+    units = [
+        (split, i, imgs[i : i + per])
+        for split, imgs in splits.items()
+        for i in range(0, len(imgs), per)
+    ]
+    remote = ray.remote(num_cpus=cfg.eval.num_cpus_per_task, max_retries=2)(eval_part)
+    futures = {}
+    skipped = 0
+    for split, i, imgs in units:
+        out = stage.path("parts", f"{split}-{i // per:04d}.npz")
+        if storage.exists(out):
+            skipped += 1
+            continue
+        futures[
+            remote.remote(
+                final_uri,
+                out,
+                imgs,
+                class_names,
+                list(cfg.teacher.templates),
+                proto["thresholds"],
+                cfg.eval.prob_scale,
+                int(cfg.eval.num_cpus_per_task),
+            )
+        ] = out
+    log(
+        f"[eval] {sum(len(v) for v in splits.values())} images in {len(units)} tasks "
+        f"({skipped} already done) -> {stage.uri}"
+    )
+    t0 = time.perf_counter()
+    pending = list(futures)
+    with tqdm(total=len(units), initial=skipped, desc="eval tasks", unit="task") as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            ray.get(done)
+            bar.update(len(done))
+    metrics = finalize_eval(
+        stage, units, per, class_names, proto, cfg, final_uri, time.perf_counter() - t0, log
+    )
+    return metrics
+
+
+def _sum_parts(stage: StageDir, units, per: int, split: str) -> dict[str, np.ndarray]:
+    total: dict[str, np.ndarray] = {}
+    for s, i, _ in units:
+        if s != split:
+            continue
+        with np.load(
+            io.BytesIO(storage.read_bytes(stage.path("parts", f"{s}-{i // per:04d}.npz")))
+        ) as part:
+            for m in part.files:
+                total[m] = total[m] + part[m] if m in total else part[m].copy()
+    return total
+
+
+def finalize_eval(
+    stage: StageDir,
+    units,
+    per: int,
+    class_names: list[str],
+    proto: dict[str, Any],
+    cfg: Config,
+    final_uri: str,
+    seconds: float,
+    log,
+) -> dict[str, Any]:
+    from zeroseg.metrics import scores_from_confusion
+    from zeroseg.predict import METHODS
+
+    thresholds = proto["thresholds"]
+    bench = _sum_parts(stage, units, per, "bench")
+    val = _sum_parts(stage, units, per, "val") if cfg.eval.tune_threshold else None
+    results: dict[str, Any] = {}
+    for m in METHODS:
+        if val is not None:
+            val_miou = [
+                scores_from_confusion(val[m][i], class_names)["miou"]
+                for i in range(len(thresholds))
+            ]
+            best = int(np.argmax(val_miou))
+        else:
+            val_miou, best = None, 0
+        scores = scores_from_confusion(bench[m][best], class_names)
+        results[m] = {
+            **scores,
+            "threshold": thresholds[best],
+            "val_miou_by_threshold": val_miou,
+            "bench_miou_by_threshold": [
+                scores_from_confusion(bench[m][i], class_names)["miou"]
+                for i in range(len(thresholds))
+            ],
+        }
+    metrics = {
+        "benchmark": cfg.eval.benchmark,
+        "protocol": proto,
+        "checkpoint": final_uri,
+        "num_images": sum(len(u[2]) for u in units if u[0] == "bench"),
+        "student": results["student"],
+        "baselines": {m: results[m] for m in METHODS if m != "student"},
+        "seconds": round(seconds, 2),
+        "code": code_version(),
+        "created_at": now(),
+    }
+    try:
+        draw_overlays(stage, final_uri, class_names, proto, metrics, cfg)
+    except Exception as exc:  # pictures must not lose finished metrics
+        log(f"[eval] overlays failed: {exc}")
+    storage.write_json(stage.path("metrics.json"), metrics)
+    stage.mark_success()
+    return metrics
+
+
+def draw_overlays(
+    stage: StageDir,
+    final_uri: str,
+    class_names: list[str],
+    proto: dict[str, Any],
+    metrics: dict[str, Any],
+    cfg: Config,
+) -> None:
+    from zeroseg.overlay import panel
+    from zeroseg.predict import METHODS, labels_at
+
+    _, images = _read_split(cfg.data.bench)
+    scorer = Scorer(final_uri, class_names, proto["templates"])
+    thresholds = {
+        "student": metrics["student"]["threshold"],
+        **{m: v["threshold"] for m, v in metrics["baselines"].items()},
+    }
+    for uri in images[: cfg.eval.overlays]:
+        image, mask = load_pair(uri)
+        maps = [("truth", np.where(mask == 255, 0, mask))]
+        for m in METHODS[:-1]:
+            maxp, cls = scorer.scores(m, image, cfg.eval.prob_scale)
+            maps.append((m, labels_at(maxp, cls, thresholds[m])))
+        buf = io.BytesIO()
+        panel(image, maps, class_names, scale=max(1, 128 // image.shape[0])).save(buf, "PNG")
+        name = uri.rsplit("/", 1)[-1]
+        storage.write_bytes(stage.path("overlays", name), buf.getvalue())

@@ -1,0 +1,106 @@
+"""run: world -> teacher -> extract -> train -> eval, each skipped when already done."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from zeroseg.config import Config
+
+from . import storage
+from .runner import SUCCESS
+
+
+def ensure_world(cfg: Config, log=print) -> None:
+    """Generate the shapes-world splits the config points at, unless they already exist."""
+    from zeroseg.data.shapes import WorldSettings, write_split
+
+    if not cfg.world.generate:
+        return
+    settings = WorldSettings(image_size=cfg.world.image_size)
+    splits = [
+        ("train", cfg.data.train, cfg.world.n_train, cfg.world.seed, False),
+        ("val", cfg.data.val, cfg.world.n_val, cfg.world.seed + 1, True),
+        ("bench", cfg.data.bench, cfg.world.n_bench, cfg.world.seed + 2, True),
+    ]
+    for name, uri, n, seed, labeled in splits:
+        if storage.exists(storage.join(uri, SUCCESS)):
+            continue
+        log(f"[world] writing {n} {'labeled' if labeled else 'unlabeled'} {name} scenes -> {uri}")
+        write_split(uri, n=n, seed=seed, labeled=labeled, settings=settings)
+        storage.write_text(storage.join(uri, SUCCESS), f"{n}\n")
+
+
+def summarize(
+    metrics: dict[str, Any], teacher: dict[str, Any], final_uri: str, timings: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "student": {
+            "miou": metrics["student"]["miou"],
+            "per_class": metrics["student"]["per_class"],
+            "pixel_accuracy": metrics["student"]["pixel_accuracy"],
+            "threshold": metrics["student"]["threshold"],
+        },
+        "baselines": {
+            name: {"miou": m["miou"], "per_class": m["per_class"], "threshold": m["threshold"]}
+            for name, m in metrics["baselines"].items()
+        },
+        "checkpoint": final_uri,
+        "teacher": teacher["pretrained"],
+        "teacher_model": teacher["model"],
+        "teacher_accuracy": teacher.get("accuracy", {}),
+        "benchmark": metrics["benchmark"],
+        "num_images": metrics["num_images"],
+        "timings_s": {k: round(v, 1) for k, v in timings.items()},
+    }
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [("student", summary["student"]["miou"], summary["student"]["threshold"])]
+    rows += [(n, b["miou"], b["threshold"]) for n, b in summary["baselines"].items()]
+    lines = [f"{'method':<16} {'mIoU':>7} {'bg thr':>7}", "-" * 32]
+    lines += [f"{n:<16} {m * 100:6.1f}% {t:7.2f}" for n, m, t in rows]
+    per = summary["student"]["per_class"]
+    lines.append(
+        "student per-class IoU: "
+        + ", ".join(f"{k} {'-' if v is None else f'{v * 100:.0f}%'}" for k, v in per.items())
+    )
+    acc = summary.get("teacher_accuracy") or {}
+    if acc:
+        lines.append(
+            f"teacher zero-shot accuracy: single {acc['single']:.1%}, cell {acc['cell']:.1%}"
+        )
+    lines.append(
+        "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings_s"].items())
+    )
+    return "\n".join(lines)
+
+
+def run_all(cfg: Config, log=print) -> dict[str, Any]:
+    from .cluster import ensure_ray
+    from .evaluate import run_eval
+    from .extract import run_extract
+    from .teachers import resolve_teacher
+    from .train import run_train
+
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    def timed(name: str, fn, *args):
+        t0 = time.perf_counter()
+        out = fn(*args)
+        timings[name] = time.perf_counter() - t0
+        return out
+
+    timed("world", ensure_world, cfg, log)
+    teacher = timed("teacher", resolve_teacher, cfg, log)
+    timed("ray_start", ensure_ray, cfg)
+    cache = timed("extract", run_extract, cfg, log)
+    final = timed("train", run_train, cfg, cache, log)
+    metrics = timed("eval", run_eval, cfg, final, log)
+    timings["total"] = time.perf_counter() - t_all
+    summary = summarize(metrics, teacher, final, timings)
+    storage.write_json(storage.join(cfg.storage.root, "summary.json"), summary)
+    log("\n" + format_table(summary))
+    log(f"\nsummary: {storage.join(cfg.storage.root, 'summary.json')}")
+    return summary

@@ -1,0 +1,163 @@
+"""One way to talk to storage: fsspec URLs everywhere, local paths included.
+
+Stages never branch on local vs object storage themselves; they join URIs, read and write JSON,
+bytes and listings through these helpers, and open Zarr stores through :func:`zarr_store`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import fsspec
+from fsspec.core import url_to_fs
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def has_protocol(uri: str) -> bool:
+    return "://" in uri
+
+
+def is_local(uri: str) -> bool:
+    return not has_protocol(uri) or uri.startswith("file://")
+
+
+def normalize(uri: str) -> str:
+    """Absolute local paths (with ``~`` expanded) or untouched remote URLs."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if not has_protocol(uri):
+        return os.path.abspath(os.path.expanduser(uri))
+    return uri.rstrip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    uri = normalize(uri)
+    if has_protocol(uri):
+        return "/".join([uri.rstrip("/"), *[p.strip("/") for p in parts]])
+    return os.path.join(uri, *parts)
+
+
+def fs_and_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    return url_to_fs(normalize(uri))
+
+
+def exists(uri: str) -> bool:
+    fs, path = fs_and_path(uri)
+    return fs.exists(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = fs_and_path(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object; local files go through a temp name + rename so readers never see
+    half a file (object stores make a single PUT visible atomically already)."""
+    fs, path = fs_and_path(uri)
+    parent = posixpath.dirname(path) if has_protocol(normalize(uri)) else os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    if is_local(uri):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = fs_and_path(uri)
+    return fs.cat_file(path)
+
+
+def write_json(uri: str, obj: Any) -> None:
+    write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def read_json(uri: str) -> Any:
+    return json.loads(read_bytes(uri))
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode())
+
+
+def remove(uri: str, recursive: bool = True) -> None:
+    fs, path = fs_and_path(uri)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def list_files(uri: str, extensions: Iterable[str] | None = None) -> list[str]:
+    """Sorted full URIs of the files below ``uri`` (recursive), optionally by extension."""
+    fs, path = fs_and_path(uri)
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such folder or prefix: {uri}")
+    exts = tuple(e.lower() for e in extensions) if extensions else None
+    found = []
+    for p in fs.find(path):
+        if exts is None or p.lower().endswith(exts):
+            found.append(p)
+    found.sort()
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    if is_local(uri):
+        return found
+    return [f"{protocol}://{p}" if "://" not in p else p for p in found]
+
+
+def file_signature(uri: str) -> dict[str, Any]:
+    """Cheap identity of a file (size + mtime/etag) to put into fingerprints."""
+    fs, path = fs_and_path(uri)
+    info = fs.info(path)
+    sig = {"size": info.get("size")}
+    for key in ("ETag", "etag", "mtime", "LastModified", "created"):
+        if key in info:
+            sig[key.lower()] = str(info[key])
+            break
+    return sig
+
+
+def local_copy(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a file that may live on any fsspec URL (downloaded once)."""
+    if is_local(uri):
+        return normalize(uri)
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    base = cache_dir or os.path.join(tempfile.gettempdir(), "zeroseg-remote")
+    os.makedirs(base, exist_ok=True)
+    dest = os.path.join(base, f"{digest}-{posixpath.basename(uri)}")
+    if not os.path.exists(dest):
+        tmp = dest + f".tmp-{uuid.uuid4().hex[:8]}"
+        fs, path = fs_and_path(uri)
+        fs.get_file(path, tmp)
+        os.replace(tmp, dest)
+    return dest
+
+
+def zarr_store(uri: str, read_only: bool = False):
+    """A Zarr v3 store for ``uri``: LocalStore on disk, FsspecStore (async) elsewhere."""
+    import zarr
+
+    uri = normalize(uri)
+    if not has_protocol(uri):
+        return zarr.storage.LocalStore(uri, read_only=read_only)
+    if uri.startswith("memory://"):
+        # The in-memory filesystem is synchronous; wrap it so zarr can drive it.
+        from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+
+        fs, path = fs_and_path(uri)
+        afs = AsyncFileSystemWrapper(fs)
+        return zarr.storage.FsspecStore(afs, path=path, read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(uri, read_only=read_only)

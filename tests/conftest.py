@@ -1,0 +1,50 @@
+"""Shared fixtures: one real local Ray per test session, tiny configs."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def teacher_cache(tmp_path_factory):
+    """A toy teacher trained for a few seconds, shared by every integration test."""
+    return str(tmp_path_factory.mktemp("teachers"))
+
+
+def tiny_overrides(root: str, teacher_cache: str) -> list[str]:
+    return [
+        f"storage.root={root}",
+        f"teacher.cache_dir={teacher_cache}",
+        "teacher.pretrain_seconds=6",
+        "teacher.pretrain_overrides={pool_size: 400, eval_n: 24, eval_every: 0, batch: 64}",
+        "world.n_train=40",
+        "world.n_val=8",
+        "world.n_bench=10",
+        "extract.images_per_shard=16",
+        "extract.batch_size=32",
+        "extract.cpus_per_actor=1",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.cpus_per_worker=1",
+        "train.checkpoint_every_steps=4",
+        "eval.images_per_task=4",
+        "eval.overlays=2",
+        "eval.threshold_grid=[0.3,0.6]",
+    ]

@@ -1,0 +1,253 @@
+"""Typed configuration: dataclass schema -> YAML file -> ``key=value`` overrides.
+
+One schema serves every stage so that a single YAML describes a whole run and each stage reads
+the sections it needs. Validation happens here, before any cluster work: an unknown key or a
+value of the wrong type raises :class:`ConfigError` naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+__all__ = [
+    "MISSING",
+    "Config",
+    "ConfigError",
+    "load_config",
+    "config_to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the offending key."""
+
+
+@dataclass
+class StorageConfig:
+    # Every output (caches, checkpoints, metrics) goes below this fsspec URL.
+    root: str = "runs/demo"
+
+
+@dataclass
+class DataConfig:
+    # Unlabeled training images (folder / prefix of image files under any fsspec URL).
+    train: str = "${storage.root}/data/train"
+    # Labeled benchmark split (images/ + masks/ + classes.json) used by eval.
+    bench: str = "${storage.root}/data/bench"
+    # Labeled validation split used only to tune the background threshold.
+    val: str = "${storage.root}/data/val"
+
+
+@dataclass
+class WorldConfig:
+    """The synthetic shapes world that `zeroseg run` generates when the splits are missing."""
+
+    generate: bool = True
+    image_size: int = 64
+    n_train: int = 1500
+    n_val: int = 60
+    n_bench: int = 200
+    seed: int = 0
+
+
+@dataclass
+class TeacherConfig:
+    # open_clip architecture name; `zeroseg-toyclip` is the project's own toy CLIP.
+    model: str = "zeroseg-toyclip"
+    # open_clip pretrained tag, local path or fsspec URI. Empty with the toy model: use
+    # (or train once) the cached toy teacher from `teacher-pretrain`.
+    pretrained: str = ""
+    normalize: bool = True
+    # Where `teacher-pretrain` caches toy teachers (keyed by their recipe fingerprint).
+    cache_dir: str = "~/.cache/zeroseg/teachers"
+    # Toy-teacher pretraining budget and seed.
+    pretrain_seconds: float = 480.0
+    pretrain_seed: int = 0
+    # Extra toy-teacher recipe fields (see zeroseg.toy_teacher.ToyTeacherSettings).
+    pretrain_overrides: dict[str, Any] = field(default_factory=dict)
+    templates: list[str] = field(
+        default_factory=lambda: ["a photo of a {}.", "a {}.", "a picture of a {}."]
+    )
+
+
+@dataclass
+class ViewsConfig:
+    # Grid levels: 1 -> whole crop, n -> n x n non-overlapping cells.
+    levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    # Side of the student's centre crop (views are cut from it).
+    crop_size: int = 64
+
+
+@dataclass
+class ExtractConfig:
+    images_per_shard: int = 128
+    batch_size: int = 64
+    num_actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    max_retries: int = 2
+    mode: str = "resume"  # resume | overwrite
+    redo_shards: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StudentConfig:
+    preset: str = "student-tiny"
+    # Preset fields to override, e.g. {"depth": 6}.
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainConfig:
+    name: str = "demo"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1.5e-3
+    weight_decay: float = 0.05
+    warmup_epochs: int = 1
+    mask_ratio: float = 0.6
+    num_workers: int = 1
+    cpus_per_worker: float = 2.0
+    use_gpu: bool = False
+    checkpoint_every_steps: int = 100
+    seed: int = 0
+    w_multiscale: float = 1.0
+    w_matching: float = 1.0
+    w_recon: float = 1.0
+    grad_clip: float = 1.0
+    max_steps: int = 0  # 0 = run all epochs; >0 caps the step count (smoke tests)
+
+
+@dataclass
+class EvalConfig:
+    benchmark: str = "shapes"
+    images_per_task: int = 50
+    num_cpus_per_task: float = 1.0
+    # Background threshold on the max class probability; tuned on data.val when `tune` is set.
+    threshold: float = 0.5
+    tune_threshold: bool = True
+    threshold_grid: list[float] = field(
+        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    )
+    prob_scale: float = 100.0
+    overlays: int = 8
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: start a local Ray; "auto" or ray://...: connect
+    num_cpus: int = 0  # local only; 0 = all cores
+
+
+@dataclass
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+def _error_key(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    return str(key) if key else "?"
+
+
+def _check(cfg: Config) -> None:
+    """Semantic checks that types alone cannot express."""
+    problems: list[tuple[str, str]] = []
+    if cfg.extract.mode not in ("resume", "overwrite"):
+        problems.append(("extract.mode", "must be 'resume' or 'overwrite'"))
+    if not cfg.views.levels or any(n < 1 for n in cfg.views.levels):
+        problems.append(("views.levels", "must be a non-empty list of positive ints"))
+    if 1 not in cfg.views.levels:
+        problems.append(("views.levels", "must contain 1 (the whole-image view v1)"))
+    if max(cfg.views.levels or [1]) > cfg.views.crop_size:
+        problems.append(("views.levels", "finest grid is larger than views.crop_size"))
+    if not 0.0 <= cfg.train.mask_ratio < 1.0:
+        problems.append(("train.mask_ratio", "must be in [0, 1)"))
+    for key in (
+        "extract.images_per_shard",
+        "extract.batch_size",
+        "extract.num_actors",
+        "train.batch_size",
+        "train.num_workers",
+        "eval.images_per_task",
+    ):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            problems.append((key, "must be >= 1"))
+    if not cfg.storage.root:
+        problems.append(("storage.root", "must not be empty"))
+    if problems:
+        raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from defaults, an optional YAML file and overrides.
+
+    Overrides use dotted keys (``train.epochs=3``, ``storage.root=s3://b/x``); values are
+    parsed as YAML scalars/lists.
+    """
+    schema = OmegaConf.structured(Config)
+    try:
+        if path is not None:
+            path = Path(path)
+            if not path.exists():
+                raise ConfigError(f"config file not found: {path}")
+            file_cfg = OmegaConf.load(path)
+            schema = OmegaConf.merge(schema, file_cfg)
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} is not of the form key=value")
+            key = item.split("=", 1)[0].strip()
+            if not key:
+                raise ConfigError(f"override {item!r} has an empty key")
+            dotlist = OmegaConf.from_dotlist([item])
+            schema = OmegaConf.merge(schema, dotlist)
+        resolved = OmegaConf.to_container(schema, resolve=True, throw_on_missing=True)
+        cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), resolved))
+    except OmegaConfBaseException as exc:
+        msg = str(exc).splitlines()[0]
+        raise ConfigError(f"config key '{_error_key(exc)}': {msg}") from None
+    assert isinstance(cfg, Config)
+    _check(cfg)
+    return cfg
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict view of a config dataclass (JSON-serialisable)."""
+    if is_dataclass(cfg):
+        return asdict(cfg)  # type: ignore[arg-type]
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    raise TypeError(f"not a config: {type(cfg)!r}")
+
+
+def section_dict(cfg: Config, *names: str) -> dict[str, Any]:
+    """The named sections only: what a stage's fingerprint depends on."""
+    full = config_to_dict(cfg)
+    return {n: full[n] for n in names}
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_json(cfg: Config) -> str:
+    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=True)
+
+
+def field_names(section: type) -> list[str]:
+    return [f.name for f in fields(section)]
