@@ -21,7 +21,13 @@ def ensure_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False, **kwargs)
+        # The dashboard serves Ray's state API, which Ray Train's controller polls.
+        ray.init(
+            num_cpus=cfg.ray.num_cpus or None,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            **kwargs,
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

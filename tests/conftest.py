@@ -15,7 +15,12 @@ def ray_local():
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(
+            num_cpus=2,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            logging_level="WARNING",
+        )
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     yield ray

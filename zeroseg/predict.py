@@ -22,7 +22,10 @@ BASELINES = METHODS[1:]
 
 def image_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(1, 3, s, s)`` float in [0, 1] (resized when ``size``)."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+    x = (
+        torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
+        / 255.0
+    )
     if size is not None and x.shape[-2:] != (size, size):
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=True

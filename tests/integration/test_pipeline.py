@@ -1,0 +1,201 @@
+"""The three stages on a real local Ray with a tiny shapes world, end to end."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import zarr
+from PIL import Image
+
+from pipeline import storage
+from pipeline.cli import main
+from pipeline.run import ensure_world, run_all
+from tests.conftest import tiny_overrides
+from zeroseg.config import load_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo(ray_local, tmp_path_factory, teacher_cache):
+    root = str(tmp_path_factory.mktemp("run"))
+    cfg = load_config("jobs/demo.yaml", tiny_overrides(root, teacher_cache))
+    ensure_world(cfg)
+    train_dir = cfg.data.train
+    # bad inputs next to good ones: recorded with a reason, never a crash
+    with open(os.path.join(train_dir, "images", "zz_empty.png"), "wb"):
+        pass
+    with open(os.path.join(train_dir, "images", "zz_corrupt.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    Image.new("RGB", (2, 2)).save(os.path.join(train_dir, "images", "zz_tiny.png"))
+    logs: list[str] = []
+    summary = run_all(cfg, log=logs.append)
+    return cfg, summary, logs
+
+
+def _extract_dir(cfg) -> str:
+    (fp,) = os.listdir(os.path.join(cfg.storage.root, "extract"))
+    return os.path.join(cfg.storage.root, "extract", fp)
+
+
+def test_summary_has_student_and_all_baselines(demo):
+    cfg, summary, _ = demo
+    on_disk = json.loads(open(os.path.join(cfg.storage.root, "summary.json")).read())
+    assert on_disk["student"]["miou"] == pytest.approx(summary["student"]["miou"])
+    assert set(summary["baselines"]) == {"grid_crop", "maskclip_dense", "all_background"}
+    for entry in [summary["student"], *summary["baselines"].values()]:
+        assert 0.0 <= entry["miou"] <= 1.0
+    assert set(summary["student"]["per_class"]) >= {"background", "circle"}
+    assert {"single", "cell"} <= set(summary["teacher_accuracy"])
+    assert summary["checkpoint"].endswith("final")
+    assert {"extract", "train", "eval", "total"} <= set(summary["timings_s"])
+    # all-background floor: background IoU = background pixel share, 0 elsewhere
+    floor = summary["baselines"]["all_background"]["per_class"]
+    assert 0.5 < floor["background"] < 1.0
+    assert all(v in (0.0, None) for k, v in floor.items() if k != "background")
+
+
+def test_cache_layout_and_bad_inputs(demo):
+    cfg, _, _ = demo
+    d = _extract_dir(cfg)
+    for name in ("manifest.json", "index.parquet", "plan.json", "config.json", "_SUCCESS"):
+        assert os.path.exists(os.path.join(d, name)), name
+    manifest = json.load(open(os.path.join(d, "manifest.json")))
+    n = cfg.world.n_train + 3
+    assert manifest["num_images"] == n and manifest["num_views"] == 30
+    assert manifest["num_ok"] == cfg.world.n_train
+    assert manifest["skip_reasons"] == {"empty_file": 1, "corrupt": 1, "too_small": 1}
+    assert manifest["code"]["zeroseg"]
+    root = zarr.open_group(os.path.join(d, "cache.zarr"), mode="r")
+    emb = np.asarray(root["embeddings"][:])
+    assert emb.shape == (n, 30, manifest["teacher"]["embed_dim"]) and emb.dtype == np.float16
+    assert root["pixels"].shape == (n, 64, 64, 3)
+    index = pq.read_table(os.path.join(d, "index.parquet")).to_pylist()
+    assert [r["row"] for r in index] == list(range(n))
+    status = {os.path.basename(r["key"]): r["status"] for r in index}
+    assert status["zz_empty.png"] == "skipped:empty_file"
+    assert status["zz_corrupt.jpg"] == "skipped:corrupt"
+    assert status["zz_tiny.png"] == "skipped:too_small"
+    ok_rows = [r["row"] for r in index if r["status"] == "ok"]
+    norms = np.linalg.norm(emb[ok_rows].astype(np.float32), axis=-1)
+    np.testing.assert_allclose(norms, 1.0, atol=2e-3)  # L2-normalised teacher space
+    bad_rows = [r["row"] for r in index if r["status"] != "ok"]
+    assert not emb[bad_rows].any()
+    # one marker per shard, written with timings
+    shards = sorted(os.listdir(os.path.join(d, "shards")))
+    assert len(shards) == manifest["num_shards"] == -(-n // 16)
+    marker = json.load(open(os.path.join(d, "shards", shards[0])))
+    assert {"read", "crop", "infer", "write"} <= set(marker["seconds"])
+
+
+def test_train_outputs_and_eval_outputs(demo):
+    cfg, summary, _ = demo
+    final = summary["checkpoint"]
+    for name in ("model.safetensors", "config.json", "metrics.jsonl", "loss_curve.png"):
+        assert os.path.exists(os.path.join(final, name)), name
+    conf = json.load(open(os.path.join(final, "config.json")))
+    assert conf["teacher"]["model"] == "zeroseg-toyclip" and conf["code"]["zeroseg"]
+    rows = [json.loads(line) for line in open(os.path.join(final, "metrics.jsonl"))]
+    assert rows and {"loss_multiscale", "loss_matching", "loss_recon"} <= set(rows[-1])
+    assert os.path.exists(os.path.join(os.path.dirname(final), "config.json"))
+    (efp,) = os.listdir(os.path.join(cfg.storage.root, "eval"))
+    edir = os.path.join(cfg.storage.root, "eval", efp, "shapes")
+    metrics = json.load(open(os.path.join(edir, "metrics.json")))
+    assert metrics["protocol"]["version"] >= 1
+    assert len(os.listdir(os.path.join(edir, "overlays"))) == cfg.eval.overlays
+    parts = os.listdir(os.path.join(edir, "parts"))
+    assert len(parts) == -(-cfg.world.n_bench // 4) + -(-cfg.world.n_val // 4)
+    assert os.path.exists(os.path.join(edir, "config.json"))
+
+
+def test_rerun_skips_every_finished_stage(demo):
+    cfg, summary, _ = demo
+    logs: list[str] = []
+    again = run_all(cfg, log=logs.append)
+    text = "\n".join(logs)
+    assert "[extract] cache complete, skipping" in text
+    assert "[train] finished run found, skipping" in text
+    assert "[eval] finished evaluation found, skipping" in text
+    assert again["student"]["miou"] == summary["student"]["miou"]
+
+
+def test_extract_resume_recomputes_only_missing_shards(demo):
+    from pipeline.extract import run_extract
+
+    cfg, _, _ = demo
+    d = _extract_dir(cfg)
+    before = np.asarray(zarr.open_group(os.path.join(d, "cache.zarr"), mode="r")["embeddings"][:])
+    kept = json.load(open(os.path.join(d, "shards", "00000.json")))
+    os.remove(os.path.join(d, "shards", "00001.json"))
+    os.remove(os.path.join(d, "_SUCCESS"))
+    logs: list[str] = []
+    run_extract(cfg, log=logs.append)
+    assert any("(2 done, 1 to run)" in line for line in logs), logs
+    assert json.load(open(os.path.join(d, "shards", "00000.json"))) == kept
+    after = np.asarray(zarr.open_group(os.path.join(d, "cache.zarr"), mode="r")["embeddings"][:])
+    assert np.array_equal(before, after)
+    assert os.path.exists(os.path.join(d, "_SUCCESS"))
+
+
+def test_status_command(demo, capsys):
+    cfg, _, _ = demo
+    assert main(["status", _extract_dir(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "shards" in out and "too_small: 1" in out
+
+
+def test_segment_command_any_size_and_mode(demo, tmp_path):
+    _, summary, _ = demo
+    wide = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 90, 3), np.uint8)).save(wide)
+    gray = tmp_path / "gray.png"
+    Image.new("L", (33, 47), 128).save(gray)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"nope")
+    out = tmp_path / "out"
+    rc = main(
+        [
+            "segment",
+            str(wide),
+            str(gray),
+            str(broken),
+            "--classes",
+            "circle, star",
+            "--checkpoint",
+            summary["checkpoint"],
+            "-o",
+            str(out),
+            "--save-labels",
+        ]
+    )
+    assert rc == 1  # one unreadable image reported, the others written
+    for stem, shape in (("wide", (50, 90)), ("gray", (47, 33))):
+        labels = np.load(out / f"{stem}.npy")
+        assert labels.shape == shape
+        assert set(np.unique(labels)) <= {0, 1, 2}
+        assert Image.open(out / f"{stem}.png").size[0] > shape[1]
+    assert not (out / "broken.png").exists()
+
+
+def test_data_shapes_command(tmp_path):
+    assert (
+        main(
+            ["data", "shapes", "--out", str(tmp_path / "b"), "--n", "3", "--seed", "1", "--labels"]
+        )
+        == 0
+    )
+    assert len(os.listdir(tmp_path / "b" / "masks")) == 3
+    mask = Image.open(
+        io.BytesIO(
+            (tmp_path / "b" / "masks" / os.listdir(tmp_path / "b" / "masks")[0]).read_bytes()
+        )
+    )
+    assert mask.mode == "P"
+    assert main(["data", "shapes", "--out", str(tmp_path / "u"), "--n", "2"]) == 0
+    assert not (tmp_path / "u" / "masks").exists()
+    assert storage.list_files(str(tmp_path / "u"), (".png",))
