@@ -68,3 +68,14 @@ def test_shipped_job_configs_validate():
         if job.name == "runtime_env.yaml":
             continue
         load_config(job)
+
+
+def test_every_key_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for section, values in config_to_dict(Config()).items():
+        for key in values:
+            assert f"{section}.{key}" in doc or f"`{key}`" in doc or f"/ `{key}`" in doc, (
+                f"{section}.{key} missing from docs/configuration.md"
+            )
