@@ -29,7 +29,16 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class StudentConfig:
     """Architecture and training-time behaviour of the student; round-trips through JSON.
 
-    Fields marked [I] in the docs are inferred (not stated by the paper) and kept configurable.
+    Stated by the paper: ViT-B encoder over visible patches, mask ratio 0.6, 8-layer decoder with
+    MSE on masked patches, 5-layer head with grouping after blocks 2 and 4 (32 then 8 groups), one
+    global block -> mean pool -> MLP. Inferred, hence configurable (defaults in brackets): patch 16,
+    decoder width 512; fixed sin-cos positions; GroupViT-style grouping with a cross-attention
+    block before assignment [pre_assign_attn=True], dot-product logits [assign="dot"; the small
+    presets use "cosine" with cosine_scale=10], straight-through hard Gumbel-softmax with tau 1
+    [gumbel=True, hard_assignment=True]; group tokens of stage k>1 = learnable tokens + token-mixing
+    MLP of stage k-1's segments; group-token init std [0.02; small presets 1.0, which spreads
+    patches over more groups at init]; reconstruction target = mean/std-normalised pixels without
+    per-patch normalisation [norm_pix_loss=False]; ImageNet pixel mean/std.
     """
 
     image_size: int = 224
