@@ -85,9 +85,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
 
     model = build_student(loop["student"], embed_dim=loop["embed_dim"])
     base_lr = tc["lr"]
-    opt = torch.optim.AdamW(
-        model.parameters(), lr=base_lr, weight_decay=tc["weight_decay"], betas=(0.9, 0.95)
-    )
+    # Biases, norms, learnable tokens and the assignment query/key are not decayed.
+    opt = torch.optim.AdamW(model.param_groups(tc["weight_decay"]), lr=base_lr, betas=(0.9, 0.95))
     step, history = 0, []
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -100,7 +99,9 @@ def _train_loop(loop: dict[str, Any]) -> None:
         step = int(state["step"])
         if rank == 0:
             print(f"[train] resumed from checkpoint at step {step}")
-    model = prepare_model(model)
+    # Without masking or reconstruction the decoder gets no gradient; DDP must know.
+    unused = tc["mask_ratio"] == 0 or tc["w_recon"] == 0
+    model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     weights = {
         "multiscale": tc["w_multiscale"],
         "matching": tc["w_matching"],
