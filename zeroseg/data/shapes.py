@@ -103,6 +103,7 @@ class Scene:
     mask: np.ndarray  # (H, W) uint8, 0 = background, k + 1 = SHAPES[k]
     objects: list[SceneObject] = field(default_factory=list)
     caption: str = ""
+    instances: np.ndarray | None = None  # (H, W) uint8, 0 = background, i + 1 = objects[i]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,7 +266,8 @@ def render_scene(rng: np.random.Generator, settings: WorldSettings | None = None
             box = (0, 0, 0, 0)
         objects.append(SceneObject(shape, colour, box, len(xs)))
     visible = [(o.colour, o.shape) for o in objects if o.pixels > 0]
-    return Scene(image=image, mask=mask, objects=objects, caption=caption_for(visible))
+    instances = (owner + 1).astype(np.uint8)
+    return Scene(image, mask, objects, caption_for(visible), instances)
 
 
 def scene_rng(seed: int, index: int) -> np.random.Generator:

@@ -1,0 +1,112 @@
+import json
+
+import fsspec
+import open_clip
+import pytest
+import torch
+
+from zeroseg.teacher import (
+    Teacher,
+    dense_tower_features,
+    fetch_weights,
+    register_model_configs,
+    resize_views,
+)
+
+TINY_VIT = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "patch_size": 8, "width": 48, "layers": 2, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def toy_ckpt(tmp_path_factory):
+    register_model_configs()
+    torch.manual_seed(0)
+    model, _, _ = open_clip.create_model_and_transforms("zeroseg-toyclip")
+    path = tmp_path_factory.mktemp("ckpt") / "toy.pt"
+    torch.save(model.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_vit_name(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cfg")
+    (d / "test-tinyvit.json").write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(d / "test-tinyvit.json")
+    return "test-tinyvit"
+
+
+def test_toy_teacher_shapes_and_norms(toy_ckpt):
+    t = Teacher("zeroseg-toyclip", pretrained=toy_ckpt)
+    assert t.image_size == 64 and t.embed_dim == 128
+    x = torch.rand(3, 3, 40, 40)  # any size: resized to the model's input
+    z = t.encode_images(x)
+    assert z.shape == (3, 128)
+    torch.testing.assert_close(z.norm(dim=-1), torch.ones(3))
+    txt = t.encode_text(["circle", "star"], ["a photo of a {}.", "a {}."])
+    assert txt.shape == (2, 128)
+    torch.testing.assert_close(txt.norm(dim=-1), torch.ones(2))
+    d = t.dense_features(torch.rand(2, 3, 64, 64))
+    assert d.shape[0] == 2 and d.shape[-1] == 128 and d.ndim == 4
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(d.shape[:-1]))
+    fp = t.fingerprint()
+    assert fp["model_name"] == "zeroseg-toyclip" and fp["embed_dim"] == 128
+    assert len(fp["weights_sha256"]) == 64
+
+
+def test_cnn_dense_features_pool_to_global(toy_ckpt):
+    # avg pooling then a linear projection == projection per location then the mean
+    t = Teacher("zeroseg-toyclip", pretrained=toy_ckpt, normalize=False)
+    x = torch.rand(2, 3, 64, 64)
+    dense = t.dense_features(x)
+    torch.testing.assert_close(dense.mean(dim=(1, 2)), t.encode_images(x), atol=1e-5, rtol=1e-4)
+
+
+def test_tiny_vit_dense_features(tiny_vit_name):
+    t = Teacher(tiny_vit_name)
+    assert t.image_size == 32 and t.embed_dim == 32
+    x = torch.rand(2, 3, 32, 32)
+    assert t.encode_images(x).shape == (2, 32)
+    d = t.dense_features(x)
+    assert d.shape == (2, 4, 4, 32)
+    torch.testing.assert_close(d.norm(dim=-1), torch.ones(2, 4, 4))
+    # the value path: independent of the other tokens' content through attention
+    raw = dense_tower_features(t.model.visual, t.preprocess(x))
+    assert raw.shape == (2, 4, 4, 32)
+
+
+def test_local_and_fsspec_weights_identical(toy_ckpt):
+    with open(toy_ckpt, "rb") as f:
+        data = f.read()
+    uri = "memory://teacher-test/weights/toy.pt"
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.pipe_file(path, data)
+    a = Teacher("zeroseg-toyclip", pretrained=toy_ckpt)
+    b = Teacher("zeroseg-toyclip", pretrained=uri)
+    c = Teacher("zeroseg-toyclip", pretrained="file://" + toy_ckpt)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(a.encode_images(x), b.encode_images(x))
+    assert torch.equal(a.encode_images(x), c.encode_images(x))
+    assert torch.equal(a.encode_text(["ring"]), b.encode_text(["ring"]))
+    assert a.fingerprint()["weights_sha256"] == b.fingerprint()["weights_sha256"]
+    local, temporary = fetch_weights(uri)
+    assert temporary and local.endswith(".pt")
+
+
+def test_missing_weights_are_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        Teacher("zeroseg-toyclip", pretrained=str(tmp_path / "nope.pt"))
+    with pytest.raises(FileNotFoundError):
+        Teacher("zeroseg-toyclip", pretrained="memory://nothing/here.pt")
+    with pytest.raises(FileNotFoundError, match="tag"):
+        Teacher("zeroseg-toyclip", pretrained="not-a-tag")
+
+
+def test_resize_views_is_bilinear_antialiased():
+    x = torch.rand(1, 3, 16, 16)
+    up = resize_views(x, 64)
+    ref = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(up, ref)
+    assert resize_views(x, 16) is x

@@ -1,0 +1,272 @@
+"""Frozen CLIP teacher: any open_clip architecture behind one small, explicit interface.
+
+The wrapper exists so the rest of the project never has to know how a particular CLIP wants its
+pixels (input size, mean/std), where its weights live (hub tag, local file, any fsspec URL), or
+how to get per-location embeddings out of its image tower (MaskCLIP-style dense features).
+Nothing here touches the network unless the caller names an open_clip hub tag or ``hf-hub:``
+model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import fsspec
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+PROJECT_PREFIX = "zeroseg-"
+
+
+def register_model_configs() -> None:
+    """Make the project's own architectures (``zeroseg-*.json``) known to open_clip."""
+    if not any(n.startswith(PROJECT_PREFIX) for n in open_clip.list_models()):
+        for cfg in sorted(MODEL_CONFIG_DIR.glob(f"{PROJECT_PREFIX}*.json")):
+            open_clip.add_model_config(cfg)
+
+
+def resize_views(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The one resize used for teacher inputs: bilinear, ``align_corners=False``, antialias on.
+
+    Extraction, pretraining and evaluation must all resize the same way, or the teacher sees
+    views it was never trained on. Antialias matters only when shrinking; upsampling a 16-px grid
+    cell to 64 px is identical to plain bilinear.
+    """
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch_weights(uri: str, storage_options: dict | None = None) -> tuple[str, bool]:
+    """Local path for ``uri``: returned as is when local, else copied to a temp file.
+
+    Returns ``(path, is_temporary)``. Keeps the file suffix, since loaders dispatch on it
+    (``.safetensors`` vs pickled state dicts).
+    """
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    if "://" not in uri:
+        if not os.path.isfile(uri):
+            raise FileNotFoundError(f"teacher weights not found: {uri}")
+        return uri, False
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    if not fs.isfile(path):
+        raise FileNotFoundError(f"teacher weights not found: {uri}")
+    suffix = "".join(Path(posixpath.basename(path)).suffixes) or ".pt"
+    fd, local = tempfile.mkstemp(prefix="zeroseg-teacher-", suffix=suffix)
+    try:
+        with os.fdopen(fd, "wb") as out, fs.open(path, "rb") as src:
+            shutil.copyfileobj(src, out, length=1 << 22)
+    except BaseException:
+        os.unlink(local)
+        raise
+    return local, True
+
+
+def load_teacher_model(
+    model_name: str,
+    pretrained: str | None = None,
+    device: str | torch.device = "cpu",
+    storage_options: dict | None = None,
+) -> tuple[torch.nn.Module, str | None]:
+    """Build an open_clip model in eval mode; returns ``(model, weights_sha256 or None)``.
+
+    ``pretrained``: None (random init), a local file, an fsspec URL (copied to a temp file), or an
+    open_clip pretrained tag (the only case that may download).
+    """
+    if model_name.startswith(PROJECT_PREFIX):
+        register_model_configs()
+    local, digest, temporary = None, None, False
+    if pretrained is not None:
+        is_tag = "://" not in pretrained and not os.path.exists(pretrained)
+        if is_tag:
+            tags = open_clip.list_pretrained_tags_by_model(model_name)
+            if pretrained not in tags:
+                raise FileNotFoundError(
+                    f"pretrained={pretrained!r} is neither a file, an fsspec URL, nor an open_clip "
+                    f"tag of {model_name} (tags: {tags})"
+                )
+            local = pretrained
+        else:
+            local, temporary = fetch_weights(pretrained, storage_options)
+            digest = _sha256_file(local)
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(
+            model_name, pretrained=local, device=device
+        )
+    finally:
+        if temporary and local is not None:
+            os.unlink(local)
+    model.eval()
+    return model, digest
+
+
+class Teacher:
+    """A frozen open_clip model with project-wide conventions for inputs and outputs.
+
+    Images enter as float ``(B, 3, h, w)`` in ``[0, 1]`` of any size; embeddings leave in the
+    model's projected space, L2-normalised when ``normalize``.
+    """
+
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: str | None = None,
+        device: str | torch.device = "cpu",
+        normalize: bool = True,
+        storage_options: dict | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
+        self.model_name = model_name
+        self.pretrained = pretrained
+        self.device = torch.device(device)
+        self.normalize = normalize
+        if model is None:
+            model, self.weights_sha256 = load_teacher_model(
+                model_name, pretrained, device, storage_options
+            )
+            for p in model.parameters():
+                p.requires_grad_(False)
+        else:  # an already-built model, e.g. one being trained: left as it is
+            self.weights_sha256 = None
+            if model_name.startswith(PROJECT_PREFIX):
+                register_model_configs()
+        self.model = model
+        self.tokenizer = open_clip.get_tokenizer(model_name)
+        cfg = open_clip.get_model_preprocess_cfg(model)
+        size = cfg.get("size") or getattr(model.visual, "image_size", 224)
+        self._size = int(size[0] if isinstance(size, list | tuple) else size)
+        mean = cfg.get("mean") or OPENAI_DATASET_MEAN
+        std = cfg.get("std") or OPENAI_DATASET_STD
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self._mean = torch.tensor(self.mean, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.std, device=self.device).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            probe = torch.zeros(1, 3, self._size, self._size, device=self.device)
+            self._dim = int(self.model.encode_image(probe).shape[-1])
+
+    @property
+    def image_size(self) -> int:
+        return self._size
+
+    @property
+    def embed_dim(self) -> int:
+        return self._dim
+
+    def fingerprint(self) -> dict:
+        """What determines the teacher's outputs; cache keys are built from this."""
+        return {
+            "model_name": self.model_name,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            "normalize": self.normalize,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": "bilinear,align_corners=False,antialias=True",
+            "open_clip": open_clip.__version__,
+        }
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """[0, 1] images of any size -> the model's input size and normalisation."""
+        x = x.to(self.device, torch.float32)
+        return (resize_views(x, self._size) - self._mean) / self._std
+
+    def _out(self, z: torch.Tensor) -> torch.Tensor:
+        return F.normalize(z.float(), dim=-1) if self.normalize else z.float()
+
+    def encode_images(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) float in [0, 1] -> (B, D)."""
+        with torch.inference_mode():
+            return self._out(self.model.encode_image(self.preprocess(x)))
+
+    def encode_text(
+        self, classnames: Sequence[str], templates: Sequence[str] = ("a photo of a {}.",)
+    ) -> torch.Tensor:
+        """(C, D) class embeddings: each prompt normalised, averaged over templates."""
+        texts = [t.format(c) for c in classnames for t in templates]
+        with torch.inference_mode():
+            tokens = self.tokenizer(texts).to(self.device)
+            z = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+            z = z.view(len(classnames), len(templates), -1).mean(1)
+            return self._out(z)
+
+    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1] -> (B, h', w', D) per-location embeddings (MaskCLIP-style)."""
+        with torch.inference_mode():
+            return self._out(dense_tower_features(self.model.visual, self.preprocess(x)))
+
+
+def dense_tower_features(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-location projected features of an open_clip image tower, (B, h', w', D), unnormalised.
+
+    - timm trunk (``TimmModel``): the trunk's head (pooling, norm) and the adapter's projection
+      applied to each location, i.e. pooling moved to the end; with avg pooling and a linear
+      projection, the spatial mean equals the global embedding.
+    - ``VisionTransformer``: the last block's value path only (v-projection, out-projection,
+      no q-k attention, no residual/MLP), then ``ln_post`` and ``proj`` on the patch tokens.
+    - ``ModifiedResNet``: the attention pool's value and output projections per location.
+    """
+    from open_clip.modified_resnet import ModifiedResNet
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+
+    if isinstance(visual, TimmModel):
+        fmap = visual.trunk.forward_features(x)
+        if fmap.ndim != 4:
+            raise NotImplementedError("dense features need a timm trunk with a (B, C, H, W) map")
+        if any(k in visual.head for k in ("pool",)):
+            raise NotImplementedError("dense features for attention-pooled timm towers")
+        b, c, h, w = fmap.shape
+        cells = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
+        z = visual.head(visual.trunk.forward_head(cells))
+        return z.reshape(b, h, w, -1)
+    if isinstance(visual, VisionTransformer):
+        if visual.attn_pool is not None:
+            raise NotImplementedError("dense features for attention-pooled ViTs")
+        tokens = visual._embeds(x)
+        blocks = visual.transformer.resblocks
+        for blk in blocks[:-1]:
+            tokens = blk(tokens)
+        last = blocks[-1]
+        attn = getattr(last, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention):
+            raise NotImplementedError("dense features need nn.MultiheadAttention blocks")
+        d = attn.embed_dim
+        y = last.ln_1(tokens)
+        bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
+        v = F.linear(y, attn.in_proj_weight[2 * d :], bias)
+        v = attn.out_proj(v)
+        if not getattr(visual.transformer, "batch_first", True):
+            v = v.transpose(0, 1)
+        v = visual.ln_post(v[:, 1:])
+        if visual.proj is not None:
+            v = v @ visual.proj
+        gh, gw = x.shape[-2] // visual.patch_size[0], x.shape[-1] // visual.patch_size[1]
+        return v.reshape(v.shape[0], gh, gw, -1)
+    if isinstance(visual, ModifiedResNet):
+        y = visual.stem(x)
+        y = visual.layer4(visual.layer3(visual.layer2(visual.layer1(y))))
+        pool = visual.attnpool
+        y = y.permute(0, 2, 3, 1)
+        return pool.c_proj(pool.v_proj(y))
+    raise NotImplementedError(f"dense features for {type(visual).__name__}")
