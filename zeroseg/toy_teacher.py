@@ -54,7 +54,7 @@ class ToyTeacherSettings:
     cooldown: float = 0.25  # final share of the budget over which the lr decays linearly to 0
     aux_weight: float = 1.0  # supervised shape head on the image embedding (warm start)
     seed: int = 0
-    pool_size: int = 24000
+    pool_size: int = 24000  # capped at 200 views per budget second for short budgets
     single_fraction: float = 0.45  # share of the pool that is single objects
     background_fraction: float = 0.06  # share of scene views that may be background-only
     level_weights: tuple[float, float, float, float] = (0.1, 0.2, 0.3, 0.4)  # 1x1 .. 4x4 views
@@ -405,7 +405,10 @@ def pretrain(
     s = settings or ToyTeacherSettings()
     t0 = time.perf_counter()
     torch.set_num_threads(1)  # rendering is single-threaded; tiny torch ops only lose to threads
-    pool = build_pool(s, progress=progress)
+    n_pool = s.pool_size
+    if s.steps is None:  # a short budget must not be spent rendering (about 2000 views/s)
+        n_pool = min(n_pool, max(1000, int(s.seconds * 200)))
+    pool = build_pool(s, n=n_pool, progress=progress)
     tuner = ThreadTuner(s.threads)
     sets = eval_sets(s.world, s.eval_n)
     log(f"toy teacher: pool of {len(pool.images)} views in {time.perf_counter() - t0:.1f}s")
