@@ -404,6 +404,7 @@ def pretrain(
     """
     s = settings or ToyTeacherSettings()
     t0 = time.perf_counter()
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(1)  # rendering is single-threaded; tiny torch ops only lose to threads
     n_pool = s.pool_size
     if s.steps is None:  # a short budget must not be spent rendering (about 2000 views/s)
@@ -511,6 +512,7 @@ def pretrain(
     acc = zero_shot_accuracy(teacher, sets=sets)
     curve.append({"seconds": round(seconds, 1), "step": step, **acc})
     save_checkpoint(model, out_path)
+    torch.set_num_threads(threads_before)
     log(
         f"toy teacher: done in {seconds:.0f}s, {step} steps: "
         f"single {acc['single']:.3f} cell {acc['cell']:.3f} -> {out_path}"
