@@ -67,7 +67,7 @@ class TeacherConfig:
     # Where `teacher-pretrain` caches toy teachers (keyed by their recipe fingerprint).
     cache_dir: str = "~/.cache/zeroseg/teachers"
     # Toy-teacher pretraining budget and seed.
-    pretrain_seconds: float = 480.0
+    pretrain_seconds: float = 360.0
     pretrain_seed: int = 0
     # Extra toy-teacher recipe fields (see zeroseg.toy_teacher.ToyTeacherSettings).
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)

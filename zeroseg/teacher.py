@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .views import resize_views
+
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 PROJECT_PREFIX = "zeroseg-"
 
@@ -32,18 +34,6 @@ def register_model_configs() -> None:
     if not any(n.startswith(PROJECT_PREFIX) for n in open_clip.list_models()):
         for cfg in sorted(MODEL_CONFIG_DIR.glob(f"{PROJECT_PREFIX}*.json")):
             open_clip.add_model_config(cfg)
-
-
-def resize_views(x: torch.Tensor, size: int) -> torch.Tensor:
-    """The one resize used for teacher inputs: bilinear, ``align_corners=False``, antialias on.
-
-    Extraction, pretraining and evaluation must all resize the same way, or the teacher sees
-    views it was never trained on. Antialias matters only when shrinking; upsampling a 16-px grid
-    cell to 64 px is identical to plain bilinear.
-    """
-    if x.shape[-2:] == (size, size):
-        return x
-    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
 def _sha256_file(path: str) -> str:

@@ -9,7 +9,7 @@ Recipe (why it looks like this):
   InfoNCE would treat the many identical captions in a batch as negatives.
 - The training pool mixes single objects (at several scales) with the views extraction will
   produce: 1x1 .. 4x4 grid cells of multi-object scenes, each cut on integer pixel bounds and
-  resized with ``zeroseg.teacher.resize_views`` exactly as extraction resizes them.
+  resized with ``zeroseg.views.resize_views`` exactly as extraction resizes them.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from zeroseg.data.shapes import COLOURS, SHAPES, WorldSettings, render_scene
-from zeroseg.teacher import MODEL_CONFIG_DIR, Teacher, register_model_configs, resize_views
+from zeroseg.teacher import MODEL_CONFIG_DIR, Teacher, register_model_configs
+from zeroseg.views import grid_pixel_boxes, resize_views
 
 MODEL_NAME = "zeroseg-toyclip"
 MODEL_CONFIG = MODEL_CONFIG_DIR / f"{MODEL_NAME}.json"
@@ -101,21 +102,6 @@ def caption_vocabulary(
     background = list(range(len(prompts), len(prompts) + len(BACKGROUND_PROMPTS)))
     prompts.extend(BACKGROUND_PROMPTS)
     return prompts, by_shape, by_pair, background
-
-
-def grid_pixel_boxes(size: int, levels: Sequence[int] = (1, 2, 3, 4)) -> list[tuple[int, ...]]:
-    """Integer pixel boxes (x0, y0, x1, y1) of the grid views, level 1 first, row-major.
-
-    The convention extraction must share: the normalised box ``k / n`` maps to pixel
-    ``round(k / n * size)``; the crop is then resized with ``resize_views``.
-    """
-    out = []
-    for n in levels:
-        edges = [round(k * size / n) for k in range(n + 1)]
-        for r in range(n):
-            for c in range(n):
-                out.append((edges[c], edges[r], edges[c + 1], edges[r + 1]))
-    return out
 
 
 def cut(image: torch.Tensor, box: Sequence[int], size: int) -> torch.Tensor:

@@ -32,10 +32,17 @@ def grid_boxes(levels: Sequence[int] = DEFAULT_LEVELS) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float32)
 
 
-def box_pixels(box: Sequence[float], size: int) -> tuple[int, int, int, int]:
-    """Integer pixel bounds of a normalised box on a ``size`` square (cells tile exactly)."""
-    x0, y0, x1, y1 = (int(round(v * size)) for v in box)
-    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
+def grid_pixel_boxes(size: int, levels: Sequence[int] = DEFAULT_LEVELS) -> list[tuple[int, ...]]:
+    """Integer ``(x0, y0, x1, y1)`` of every view on a ``size`` square, in :func:`grid_boxes`
+    order. Edges sit at ``round(k * size / n)``, so the cells of a level tile the crop exactly;
+    extraction and teacher pretraining both cut with this."""
+    out = []
+    for n in levels:
+        edges = [round(k * size / n) for k in range(n + 1)]
+        for r in range(n):
+            for c in range(n):
+                out.append((edges[c], edges[r], edges[c + 1], edges[r + 1]))
+    return out
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -84,7 +91,6 @@ def cut_views(
         raise ValueError(f"views are cut from square crops, got {h}x{w}")
     x = pixels.permute(0, 3, 1, 2).float().div_(255.0)
     views = []
-    for box in grid_boxes(levels):
-        x0, y0, x1, y1 = box_pixels(box, h)
+    for x0, y0, x1, y1 in grid_pixel_boxes(h, levels):
         views.append(resize_views(x[:, :, y0:y1, x0:x1], out_size))
     return torch.stack(views, dim=1)

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from zeroseg.views import box_pixels, center_crop, cut_views, grid_boxes, num_views
+from zeroseg.views import center_crop, cut_views, grid_boxes, grid_pixel_boxes, num_views
 
 
 def test_grid_boxes_layout():
@@ -27,8 +27,7 @@ def test_grid_boxes_layout():
 def test_cells_tile_pixels_exactly():
     for size in (64, 63, 100):
         covered = np.zeros((size, size), int)
-        for box in grid_boxes([3]):
-            x0, y0, x1, y1 = box_pixels(box, size)
+        for x0, y0, x1, y1 in grid_pixel_boxes(size, [3]):
             covered[y0:y1, x0:x1] += 1
         assert (covered == 1).all()
 
