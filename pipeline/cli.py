@@ -93,10 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a train run's final/ folder")
     p.add_argument("-o", "--out", required=True, help="output folder for overlays")
     p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="background where the best class probability is below this (default 0.5)",
+        "--background",
+        default="prompt",
+        help="how pixels become background: 'prompt' (a background prompt competes with the "
+        "classes; default), 'threshold:P' (best class probability below P), 'cosine:C'",
     )
     p.add_argument(
         "--save-labels",
@@ -165,7 +165,7 @@ def _dispatch(args, parser) -> int:
             args.classes,
             args.checkpoint,
             args.out,
-            threshold=args.threshold,
+            background=args.background,
             save_labels=args.save_labels,
         )
 

@@ -1,9 +1,9 @@
 """eval: parallel Ray tasks score the student and the teacher-only baselines.
 
-One task per (split, image part) computes, for every method and every background threshold of
-the sweep, a confusion matrix, and writes them as one ``parts/<split>-NNNN.npz`` (written last,
+One task per (split, image part) computes, for every method and every background rule of the
+sweep, a confusion matrix, and writes them as one ``parts/<split>-NNNN.npz`` (written last,
 so an existing part is a finished unit and reruns skip it). Finalize picks each method's
-threshold on the validation split, reports the benchmark split at that threshold, and draws
+background rule on the validation split, reports the benchmark split with that rule, and draws
 overlays. The same harness runs every method, so the comparison is like for like.
 """
 
@@ -30,13 +30,13 @@ def protocol(cfg: Config, class_names: list[str]) -> dict[str, Any]:
         "version": PROTOCOL_VERSION,
         "classes": class_names,
         "templates": list(cfg.teacher.templates),
+        "background_prompt": "background",
         "prob_scale": cfg.eval.prob_scale,
-        "thresholds": list(cfg.eval.threshold_grid)
-        if cfg.eval.tune_threshold
-        else [cfg.eval.threshold],
-        "threshold_selection": "best mIoU on the validation split"
-        if cfg.eval.tune_threshold
-        else "fixed",
+        "background_rules": list(cfg.eval.background_rules)
+        if cfg.eval.tune_on_val
+        else list(cfg.eval.background_rules[:1]),
+        "rule_selection": "best mIoU on the validation split" if cfg.eval.tune_on_val else "fixed",
+        "dense_input_size": cfg.eval.dense_input_size or None,
         "input_size": "resized to the training crop size; predictions at the mask's resolution",
     }
 
@@ -65,7 +65,14 @@ def load_pair(image_uri: str) -> tuple[np.ndarray, np.ndarray]:
 class Scorer:
     """Student + teacher + text embeddings, loaded once per task."""
 
-    def __init__(self, final_uri: str, class_names: list[str], templates: list[str]):
+    def __init__(
+        self,
+        final_uri: str,
+        class_names: list[str],
+        templates: list[str],
+        dense_input_size: int | None = None,
+    ):
+        from zeroseg.predict import text_embeddings
         from zeroseg.teacher import Teacher
 
         from .train import load_student
@@ -75,20 +82,22 @@ class Scorer:
         self.teacher = Teacher(
             t["model"], t["pretrained"] or None, normalize=self.info.get("teacher_normalize", True)
         )
-        self.text = self.teacher.encode_text(class_names[1:], templates)
+        # class_names[0] is the benchmark's background; the background prompt takes its place.
+        self.text = text_embeddings(self.teacher, class_names[1:], templates)
         self.size = int(self.info["views"]["crop_size"])
+        self.dense_input_size = dense_input_size
 
-    def scores(self, method: str, image: np.ndarray, scale: float):
-        from zeroseg.predict import method_scores
+    def cosines(self, method: str, image: np.ndarray):
+        from zeroseg.predict import method_cosines
 
-        return method_scores(
+        return method_cosines(
             method,
             image,
             self.text,
             student=self.student,
             teacher=self.teacher,
             size=self.size,
-            scale=scale,
+            dense_input_size=self.dense_input_size,
         )
 
 
@@ -97,26 +106,26 @@ def eval_part(
     out_uri: str,
     images: list[str],
     class_names: list[str],
-    templates: list[str],
-    thresholds: list[float],
-    scale: float,
+    proto: dict[str, Any],
     threads: int,
 ) -> str:
-    """One task: confusion matrices ``(T, K, K)`` per method for a list of images."""
+    """One task: confusion matrices ``(R, K, K)`` per method (R rules) for a list of images."""
     import torch
 
     from zeroseg.metrics import confusion_matrix
-    from zeroseg.predict import METHODS, sweep_labels
+    from zeroseg.predict import METHODS, apply_rule
 
     torch.set_num_threads(max(1, threads))
-    scorer = Scorer(final_uri, class_names, templates)
+    rules = proto["background_rules"]
+    scorer = Scorer(final_uri, class_names, proto["templates"], proto["dense_input_size"])
     k = len(class_names)
-    conf = {m: np.zeros((len(thresholds), k, k), np.int64) for m in METHODS}
+    conf = {m: np.zeros((len(rules), k, k), np.int64) for m in METHODS}
     for uri in images:
         image, mask = load_pair(uri)
         for m in METHODS:
-            maxp, cls = scorer.scores(m, image, scale)
-            for i, labels in enumerate(sweep_labels(maxp, cls, thresholds)):
+            cos = scorer.cosines(m, image)
+            for i, rule in enumerate(rules):
+                labels = apply_rule(cos, rule, mask.shape, proto["prob_scale"])
                 conf[m][i] += confusion_matrix(labels, mask, k)
     buf = io.BytesIO()
     np.savez(buf, **conf)
@@ -130,7 +139,7 @@ def eval_fingerprint(cfg: Config, final_uri: str, proto: dict[str, Any]) -> str:
         {
             "weights": {"uri": storage.normalize(weights), **storage.file_signature(weights)},
             "bench": storage.normalize(cfg.data.bench),
-            "val": storage.normalize(cfg.data.val) if cfg.eval.tune_threshold else None,
+            "val": storage.normalize(cfg.data.val) if cfg.eval.tune_on_val else None,
             "protocol": proto,
         }
     )
@@ -143,7 +152,7 @@ def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
 
     class_names, bench_images = _read_split(cfg.data.bench)
     splits = {"bench": bench_images}
-    if cfg.eval.tune_threshold:
+    if cfg.eval.tune_on_val:
         val_classes, splits["val"] = _read_split(cfg.data.val)
         if val_classes != class_names:
             raise ValueError("validation and benchmark splits have different classes.json")
@@ -174,16 +183,7 @@ def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
             skipped += 1
             continue
         futures[
-            remote.remote(
-                final_uri,
-                out,
-                imgs,
-                class_names,
-                list(cfg.teacher.templates),
-                proto["thresholds"],
-                cfg.eval.prob_scale,
-                int(cfg.eval.num_cpus_per_task),
-            )
+            remote.remote(final_uri, out, imgs, class_names, proto, int(cfg.eval.num_cpus_per_task))
         ] = out
     log(
         f"[eval] {sum(len(v) for v in splits.values())} images in {len(units)} tasks "
@@ -229,28 +229,22 @@ def finalize_eval(
     from zeroseg.metrics import scores_from_confusion
     from zeroseg.predict import METHODS
 
-    thresholds = proto["thresholds"]
+    rules = proto["background_rules"]
     bench = _sum_parts(stage, units, per, "bench")
-    val = _sum_parts(stage, units, per, "val") if cfg.eval.tune_threshold else None
+    val = _sum_parts(stage, units, per, "val") if cfg.eval.tune_on_val else None
+
+    def miou_by_rule(conf: np.ndarray) -> list[float]:
+        return [scores_from_confusion(conf[i], class_names)["miou"] for i in range(len(rules))]
+
     results: dict[str, Any] = {}
     for m in METHODS:
-        if val is not None:
-            val_miou = [
-                scores_from_confusion(val[m][i], class_names)["miou"]
-                for i in range(len(thresholds))
-            ]
-            best = int(np.argmax(val_miou))
-        else:
-            val_miou, best = None, 0
-        scores = scores_from_confusion(bench[m][best], class_names)
+        val_miou = miou_by_rule(val[m]) if val is not None else None
+        best = int(np.argmax(val_miou)) if val_miou is not None else 0
         results[m] = {
-            **scores,
-            "threshold": thresholds[best],
-            "val_miou_by_threshold": val_miou,
-            "bench_miou_by_threshold": [
-                scores_from_confusion(bench[m][i], class_names)["miou"]
-                for i in range(len(thresholds))
-            ],
+            **scores_from_confusion(bench[m][best], class_names),
+            "rule": rules[best],
+            "val_miou_by_rule": dict(zip(rules, val_miou)) if val_miou else None,
+            "bench_miou_by_rule": dict(zip(rules, miou_by_rule(bench[m]))),
         }
     metrics = {
         "benchmark": cfg.eval.benchmark,
@@ -280,21 +274,22 @@ def draw_overlays(
     metrics: dict[str, Any],
     cfg: Config,
 ) -> None:
+    """Image | truth | student | baselines, each with the rule chosen for it."""
     from zeroseg.overlay import panel
-    from zeroseg.predict import METHODS, labels_at
+    from zeroseg.predict import BASELINES, apply_rule
 
     _, images = _read_split(cfg.data.bench)
-    scorer = Scorer(final_uri, class_names, proto["templates"])
-    thresholds = {
-        "student": metrics["student"]["threshold"],
-        **{m: v["threshold"] for m, v in metrics["baselines"].items()},
+    scorer = Scorer(final_uri, class_names, proto["templates"], proto["dense_input_size"])
+    chosen = {
+        "student": metrics["student"]["rule"],
+        **{m: v["rule"] for m, v in metrics["baselines"].items()},
     }
     for uri in images[: cfg.eval.overlays]:
         image, mask = load_pair(uri)
         maps = [("truth", np.where(mask == 255, 0, mask))]
-        for m in METHODS[:-1]:
-            maxp, cls = scorer.scores(m, image, cfg.eval.prob_scale)
-            maps.append((m, labels_at(maxp, cls, thresholds[m])))
+        for m in ("student", *BASELINES[:-1]):
+            cos = scorer.cosines(m, image)
+            maps.append((m, apply_rule(cos, chosen[m], mask.shape, proto["prob_scale"])))
         buf = io.BytesIO()
         panel(image, maps, class_names, scale=max(1, 128 // image.shape[0])).save(buf, "PNG")
         name = uri.rsplit("/", 1)[-1]

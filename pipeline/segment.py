@@ -13,17 +13,16 @@ def segment_images(
     classes: str,
     checkpoint: str,
     out_dir: str,
-    threshold: float | None = None,
+    background: str = "prompt",
     save_labels: bool = False,
 ) -> int:
     """Overlay PNG (and optionally an int label map) per image; bad images are reported and
     skipped, the batch goes on. Returns 1 when any image failed, else 0."""
-    import torch
     from tqdm import tqdm
 
     from zeroseg.images import BadImage, decode_image
     from zeroseg.overlay import panel
-    from zeroseg.predict import labels_at, student_scores
+    from zeroseg.predict import apply_rule, parse_rule, student_cosines, text_embeddings
     from zeroseg.teacher import Teacher
 
     from . import storage
@@ -32,14 +31,13 @@ def segment_images(
     names = [c.strip() for c in classes.split(",") if c.strip()]
     if not names:
         raise ValueError("--classes is empty: give comma-separated class names")
+    parse_rule(background)
     student, info = load_student(checkpoint)
     t = info["teacher"]
     teacher = Teacher(
         t["model"], t["pretrained"] or None, normalize=info.get("teacher_normalize", True)
     )
-    with torch.no_grad():
-        text = teacher.encode_text(names, info.get("templates") or ["a photo of a {}."])
-    thr = 0.5 if threshold is None else threshold
+    text = text_embeddings(teacher, names, info.get("templates") or ["a photo of a {}."])
     size = int(info["views"]["crop_size"])
     storage.makedirs(out_dir)
     failures = 0
@@ -51,8 +49,8 @@ def segment_images(
             print(f"zeroseg segment: skipping {uri}: {exc}")
             failures += 1
             continue
-        maxp, cls = student_scores(student, image, text, size)
-        labels = labels_at(maxp, cls, thr)
+        cos = student_cosines(student, image, text, size)
+        labels = apply_rule(cos, background, image.shape[:2])
         buf = io.BytesIO()
         scale = max(1, 256 // max(image.shape[:2]))
         panel(image, [("segments", labels)], ["background", *names], scale=scale).save(buf, "PNG")

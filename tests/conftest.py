@@ -51,5 +51,5 @@ def tiny_overrides(root: str, teacher_cache: str) -> list[str]:
         "train.checkpoint_every_steps=4",
         "eval.images_per_task=4",
         "eval.overlays=2",
-        "eval.threshold_grid=[0.3,0.6]",
+        "eval.background_rules=[prompt,threshold:0.6]",
     ]

@@ -129,12 +129,25 @@ class EvalConfig:
     benchmark: str = "shapes"
     images_per_task: int = 50
     num_cpus_per_task: float = 1.0
-    # Background threshold on the max class probability; tuned on data.val when `tune` is set.
-    threshold: float = 0.5
-    tune_threshold: bool = True
-    threshold_grid: list[float] = field(
-        default_factory=lambda: [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    # How pixels become background, each scored in the same pass: "prompt" (a background text
+    # prompt competes with the classes), "threshold:P" (max softmax(prob_scale * cos) below P;
+    # the paper's protocol), "cosine:C" (max raw cosine below C). With tune_on_val, each method
+    # uses the rule that scores best on data.val; otherwise the first rule.
+    background_rules: list[str] = field(
+        default_factory=lambda: [
+            "prompt",
+            "threshold:0.3",
+            "threshold:0.5",
+            "threshold:0.7",
+            "threshold:0.9",
+            "threshold:0.95",
+            "threshold:0.99",
+            "threshold:0.999",
+        ]
     )
+    tune_on_val: bool = True
+    # Input side for the MaskCLIP-style dense baseline (0 = the teacher's own input size).
+    dense_input_size: int = 0
     prob_scale: float = 100.0
     overlays: int = 8
 
@@ -190,8 +203,24 @@ def _check(cfg: Config) -> None:
             problems.append((key, "must be >= 1"))
     if not cfg.storage.root:
         problems.append(("storage.root", "must not be empty"))
+    for rule in cfg.eval.background_rules:
+        kind, _, value = rule.partition(":")
+        if not (kind == "prompt" and not value) and not (
+            kind in ("threshold", "cosine") and _is_float(value)
+        ):
+            problems.append(("eval.background_rules", f"bad rule {rule!r}"))
+    if not cfg.eval.background_rules:
+        problems.append(("eval.background_rules", "must not be empty"))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

@@ -92,6 +92,28 @@ def label_map(
     return group_labels[pixel_groups.argmax(dim=0).to(group_labels.device)]
 
 
+def dense_score_map(
+    dense: torch.Tensor, text_emb: torch.Tensor, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """MaskCLIP-style: dense features (h, w, D) -> (C, H, W) cosines, bilinearly upsampled
+    (dense logits are usually interpolated before classification)."""
+    cos = cosine_scores(dense, text_emb).permute(2, 0, 1)  # (C, h, w)
+    return F.interpolate(cos[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
+
+
+def grid_score_map(
+    cell_emb: torch.Tensor, text_emb: torch.Tensor, out_hw: tuple[int, int]
+) -> torch.Tensor:
+    """Grid-crop: one embedding per cell (gh, gw, D) -> (C, H, W) cosines, each cell painting its
+    block: pixel (y, x) belongs to cell (floor(y * gh / H), floor(x * gw / W))."""
+    cos = cosine_scores(cell_emb, text_emb)  # (gh, gw, C)
+    gh, gw = cos.shape[:2]
+    h, w = out_hw
+    rows = torch.arange(h, device=cos.device) * gh // h
+    cols = torch.arange(w, device=cos.device) * gw // w
+    return cos[rows[:, None], cols[None, :]].permute(2, 0, 1)
+
+
 def labels_from_dense(
     dense: torch.Tensor,
     text_emb: torch.Tensor,
@@ -100,12 +122,8 @@ def labels_from_dense(
     background: str = "threshold",
     scale: float = 100.0,
 ) -> torch.Tensor:
-    """MaskCLIP-style baseline: dense features (h, w, D) -> (H, W) labels.
-
-    Cosine maps are upsampled bilinearly before classification, as dense logits usually are.
-    """
-    cos = cosine_scores(dense, text_emb).permute(2, 0, 1)  # (C, h, w)
-    cos = F.interpolate(cos[None], size=tuple(out_hw), mode="bilinear", align_corners=False)[0]
+    """MaskCLIP-style baseline labels: dense features (h, w, D) -> (H, W)."""
+    cos = dense_score_map(dense, text_emb, out_hw)
     return labels_from_scores(cos, threshold, background, scale, class_dim=0)
 
 
@@ -117,17 +135,6 @@ def labels_from_grid(
     background: str = "threshold",
     scale: float = 100.0,
 ) -> torch.Tensor:
-    """Grid-crop baseline: one embedding per cell (gh, gw, D) -> (H, W) labels.
-
-    Each cell labels its block of pixels: pixel (y, x) belongs to cell
-    (floor(y * gh / H), floor(x * gw / W)), i.e. nearest upsampling of the cell labels.
-    """
-    cell_labels = labels_from_scores(
-        cosine_scores(cell_emb, text_emb), threshold, background, scale
-    )
-    gh, gw = cell_labels.shape
-    h, w = out_hw
-    dev = cell_labels.device
-    rows = torch.arange(h, device=dev) * gh // h
-    cols = torch.arange(w, device=dev) * gw // w
-    return cell_labels[rows[:, None], cols[None, :]]
+    """Grid-crop baseline labels: one embedding per cell (gh, gw, D) -> (H, W)."""
+    cos = grid_score_map(cell_emb, text_emb, out_hw)
+    return labels_from_scores(cos, threshold, background, scale, class_dim=0)

@@ -1,8 +1,14 @@
 """Per-pixel class scores for the student and the teacher-only baselines, on one image.
 
-Every method reduces to the same thing: for each pixel the best class and its probability
-(softmax over scaled cosine against the class text embeddings). Thresholding that probability
-into background is then shared, which makes a threshold sweep cheap and keeps methods comparable.
+Every method reduces to the same thing: a ``(1 + C, H, W)`` cosine map against the text
+embeddings of a background prompt (row 0) and the C class names. A *background rule* then turns
+the map into labels, so every method is scored by the same rules and a sweep over rules costs one
+forward pass:
+
+- ``prompt``: the argmax over background prompt and classes is the label;
+- ``threshold:T``: background where the max of softmax(scale * cos) over the classes is below T
+  (the paper's protocol);
+- ``cosine:T``: background where the best raw cosine is below T.
 """
 
 from __future__ import annotations
@@ -13,19 +19,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .inference import class_probabilities
+from .inference import dense_score_map, grid_score_map, labels_from_scores, pixel_class_scores
 from .views import cut_views
 
 METHODS = ("student", "grid_crop", "maskclip_dense", "all_background")
 BASELINES = METHODS[1:]
+BACKGROUND_NAME = "background"
+
+
+def parse_rule(rule: str) -> tuple[str, float]:
+    """``"threshold:0.9"`` -> ("threshold", 0.9); ``"prompt"`` -> ("prompt", 0.0)."""
+    kind, _, value = rule.partition(":")
+    if kind == "prompt" and not value:
+        return kind, 0.0
+    if kind in ("threshold", "cosine") and value:
+        try:
+            return kind, float(value)
+        except ValueError:
+            pass
+    raise ValueError(f"background rule {rule!r}: use 'prompt', 'threshold:<p>' or 'cosine:<c>'")
+
+
+def text_embeddings(teacher, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """``(1 + C, D)``: the background prompt first, then the classes (prompt ensembles)."""
+    return teacher.encode_text([BACKGROUND_NAME, *class_names], list(templates))
 
 
 def image_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
     """``(H, W, 3)`` uint8 -> ``(1, 3, s, s)`` float in [0, 1] (resized when ``size``)."""
-    x = (
-        torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None].float()
-        / 255.0
-    )
+    x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
+    x = x.float() / 255.0
     if size is not None and x.shape[-2:] != (size, size):
         x = F.interpolate(
             x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
@@ -33,89 +56,65 @@ def image_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
     return x
 
 
-def _per_pixel(probs: torch.Tensor, out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """``(C, h, w)`` probabilities -> (max prob, argmax class) at ``out_hw``."""
-    if probs.shape[-2:] != out_hw:
-        probs = F.interpolate(probs[None], size=out_hw, mode="bilinear", align_corners=False)[0]
-    maxp, cls = probs.max(dim=0)
-    return maxp.numpy(), cls.numpy()
-
-
 @torch.no_grad()
-def student_scores(
-    student, image: np.ndarray, text_emb: torch.Tensor, size: int, scale: float = 100.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel -> its group's class: groups from the student's soft assignment maps."""
+def student_cosines(student, image: np.ndarray, text: torch.Tensor, size: int) -> torch.Tensor:
+    """Pixel -> its group (the student's composed soft assignment) -> the group's cosines."""
     h, w = image.shape[:2]
     segments, pixel_groups = student.segment(image_tensor(image, size))
-    probs = class_probabilities(segments[0], text_emb, scale)  # (G, C)
     groups = F.interpolate(pixel_groups, size=(h, w), mode="bilinear", align_corners=False)[0]
-    group = groups.argmax(dim=0)  # (H, W)
-    maxp, cls = probs.max(dim=1)
-    return maxp[group].numpy(), cls[group].numpy()
+    return pixel_class_scores(groups, segments[0], text)
 
 
 @torch.no_grad()
-def grid_scores(
-    teacher,
-    image: np.ndarray,
-    text_emb: torch.Tensor,
-    size: int,
-    grid: int = 4,
-    scale: float = 100.0,
-) -> tuple[np.ndarray, np.ndarray]:
+def grid_cosines(
+    teacher, image: np.ndarray, text: torch.Tensor, size: int, grid: int = 4
+) -> torch.Tensor:
     """Classify each cell of a ``grid`` x ``grid`` split with the teacher; cells are blocks."""
-    h, w = image.shape[:2]
     crop = (image_tensor(image, size)[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
     views = cut_views(crop[None], [grid], teacher.image_size)[0]  # (g*g, 3, s, s)
-    emb = teacher.encode_images(views)
-    probs = class_probabilities(emb, text_emb, scale).T.reshape(-1, grid, grid)
-    probs = F.interpolate(probs[None], size=(h, w), mode="nearest")[0]
-    maxp, cls = probs.max(dim=0)
-    return maxp.numpy(), cls.numpy()
+    cells = teacher.encode_images(views).reshape(grid, grid, -1)
+    return grid_score_map(cells, text, image.shape[:2])
 
 
 @torch.no_grad()
-def dense_scores(
-    teacher, image: np.ndarray, text_emb: torch.Tensor, scale: float = 100.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """MaskCLIP-style: classify the teacher's per-location embeddings, upsample bilinearly."""
-    h, w = image.shape[:2]
-    dense = teacher.dense_features(image_tensor(image, teacher.image_size))[0]  # (h', w', D)
-    hh, ww, d = dense.shape
-    probs = class_probabilities(dense.reshape(-1, d), text_emb, scale)
-    probs = probs.T.reshape(-1, hh, ww)
-    return _per_pixel(probs, (h, w))
+def dense_cosines(
+    teacher, image: np.ndarray, text: torch.Tensor, input_size: int | None = None
+) -> torch.Tensor:
+    """MaskCLIP-style: the teacher's per-location embeddings, cosines upsampled bilinearly."""
+    x = image_tensor(image, input_size or teacher.image_size)
+    dense = teacher.dense_features(x, input_size=input_size)[0]  # (h', w', D)
+    return dense_score_map(dense, text, image.shape[:2])
 
 
-def labels_at(maxp: np.ndarray, cls: np.ndarray, threshold: float) -> np.ndarray:
-    """Class ``k`` -> label ``k + 1``; pixels whose best probability is below -> 0."""
-    return np.where(maxp >= threshold, cls + 1, 0).astype(np.int64)
-
-
-def method_scores(
+def method_cosines(
     method: str,
     image: np.ndarray,
-    text_emb: torch.Tensor,
+    text: torch.Tensor,
     *,
     student=None,
     teacher=None,
     size: int,
-    scale: float = 100.0,
-) -> tuple[np.ndarray, np.ndarray]:
+    dense_input_size: int | None = None,
+) -> torch.Tensor | None:
+    """``(1 + C, H, W)`` cosines of one method; None for ``all_background``."""
     if method == "student":
-        return student_scores(student, image, text_emb, size, scale)
+        return student_cosines(student, image, text, size)
     if method == "grid_crop":
-        return grid_scores(teacher, image, text_emb, size, 4, scale)
+        return grid_cosines(teacher, image, text, size, 4)
     if method == "maskclip_dense":
-        return dense_scores(teacher, image, text_emb, scale)
+        return dense_cosines(teacher, image, text, dense_input_size)
     if method == "all_background":
-        h, w = image.shape[:2]
-        return np.zeros((h, w), np.float32), np.zeros((h, w), np.int64)
+        return None
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
-def sweep_labels(
-    maxp: np.ndarray, cls: np.ndarray, thresholds: Sequence[float]
-) -> list[np.ndarray]:
-    return [labels_at(maxp, cls, t) for t in thresholds]
+def apply_rule(
+    cos: torch.Tensor | None, rule: str, hw: tuple[int, int], scale: float = 100.0
+) -> np.ndarray:
+    """Labels (0 = background, k = k-th class) from a ``(1 + C, H, W)`` map and a rule."""
+    if cos is None:
+        return np.zeros(hw, np.int64)
+    kind, value = parse_rule(rule)
+    if kind == "prompt":
+        return labels_from_scores(cos, 0.0, "prompt", scale, class_dim=0).numpy()
+    return labels_from_scores(cos[1:], value, kind, scale, class_dim=0).numpy()

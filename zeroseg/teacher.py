@@ -176,10 +176,10 @@ class Teacher:
             "open_clip": open_clip.__version__,
         }
 
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """[0, 1] images of any size -> the model's input size and normalisation."""
+    def preprocess(self, x: torch.Tensor, size: int | None = None) -> torch.Tensor:
+        """[0, 1] images of any size -> ``size`` (default: the model's input size), normalised."""
         x = x.to(self.device, torch.float32)
-        return (resize_views(x, self._size) - self._mean) / self._std
+        return (resize_views(x, size or self._size) - self._mean) / self._std
 
     def _out(self, z: torch.Tensor) -> torch.Tensor:
         return F.normalize(z.float(), dim=-1) if self.normalize else z.float()
@@ -200,10 +200,14 @@ class Teacher:
             z = z.view(len(classnames), len(templates), -1).mean(1)
             return self._out(z)
 
-    def dense_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) in [0, 1] -> (B, h', w', D) per-location embeddings (MaskCLIP-style)."""
+    def dense_features(self, x: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1] -> (B, h', w', D) per-location embeddings (MaskCLIP-style).
+
+        ``input_size`` feeds a larger square than the model's own input size, which gives a CNN
+        tower a finer map (ViT towers with fixed position embeddings need their own size)."""
         with torch.inference_mode():
-            return self._out(dense_tower_features(self.model.visual, self.preprocess(x)))
+            x = self.preprocess(x, input_size)
+            return self._out(dense_tower_features(self.model.visual, x))
 
 
 def dense_tower_features(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
