@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from zeroseg.config import Config
+from zeroseg.config import Config, config_to_dict
 
 from . import storage
-from .runner import SUCCESS
+from .runner import SUCCESS, code_version, write_run_info
 
 
 def ensure_world(cfg: Config, log=print) -> None:
@@ -52,6 +52,7 @@ def summarize(
         "benchmark": metrics["benchmark"],
         "num_images": metrics["num_images"],
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
+        "code": code_version(),
     }
 
 
@@ -92,6 +93,7 @@ def run_all(cfg: Config, log=print) -> dict[str, Any]:
         timings[name] = time.perf_counter() - t0
         return out
 
+    write_run_info(cfg.storage.root, "run", config_to_dict(cfg))
     timed("world", ensure_world, cfg, log)
     teacher = timed("teacher", resolve_teacher, cfg, log)
     timed("ray_start", ensure_ray, cfg)

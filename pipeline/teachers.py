@@ -14,7 +14,7 @@ from typing import Any
 from zeroseg.config import Config
 
 from . import storage
-from .runner import fingerprint, now
+from .runner import code_version, fingerprint, now
 
 TOY_MODEL = "zeroseg-toyclip"
 
@@ -73,6 +73,7 @@ def pretrain_toy_teacher(cfg: Config, force: bool = False, log=print) -> dict[st
         "steps": int(result["steps"]),
         "settings": {"seconds": settings.seconds, "seed": settings.seed},
         "created_at": now(),
+        "code": code_version(),
     }
     storage.write_json(info_uri, info)
     log(
