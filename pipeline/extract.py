@@ -74,14 +74,14 @@ class ShardExtractor:
         batch_size: int,
         keys: list[str],
         layout: dict[str, int],
+        threads: int = 1,
     ):
         import torch
 
         from zeroseg.teacher import Teacher
 
-        torch.set_num_threads(
-            max(1, int(os.environ.get("ZEROSEG_TORCH_THREADS", "0")) or (os.cpu_count() or 1))
-        )
+        # One torch thread per CPU Ray reserved for this actor: more oversubscribes the node.
+        torch.set_num_threads(threads)
         self.stage = StageDir(stage)
         self.teacher = Teacher(teacher["model"], teacher["pretrained"] or None, normalize=normalize)
         self.levels = levels
@@ -268,6 +268,7 @@ def run_extract(cfg: Config, log=print) -> str:
         "levels": list(cfg.views.levels),
         "crop_size": cfg.views.crop_size,
         "batch_size": cfg.extract.batch_size,
+        "threads": max(1, int(cfg.extract.cpus_per_actor)),
         "keys": keys,
         "layout": asdict(layout),
     }
