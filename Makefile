@@ -18,11 +18,11 @@ setup: $(STAMP) ## create/update the virtualenv
 demo: $(STAMP) ## world -> toy teacher -> extract -> train -> eval; writes runs/demo/summary.json
 	$(BIN)/zeroseg run --config jobs/demo.yaml
 
-test: $(STAMP) ## unit + integration tests (real local Ray, real zarr)
-	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
-
-test-slow: $(STAMP) ## also the minutes-long checks (toy-teacher accuracy goals)
+test: $(STAMP) ## unit + integration tests (real local Ray, real zarr), toy-teacher accuracy goals
 	$(BIN)/python -m pytest -q --timeout=1800
+
+test-fast: $(STAMP) ## everything except the minutes-long toy-teacher pretraining check
+	$(BIN)/python -m pytest -q -m "not slow" --timeout=900
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

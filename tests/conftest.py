@@ -11,7 +11,32 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def s3_server():
+    """A real S3-protocol server (moto) on 127.0.0.1, credentials in the standard environment
+    variables. Started before Ray so Ray's workers inherit the same environment."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    _, port = server.get_host_and_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": "zeroseg-test",
+            "AWS_SECRET_ACCESS_KEY": "zeroseg-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    yield endpoint
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_server):
     import ray
 
     if not ray.is_initialized():

@@ -1,0 +1,37 @@
+"""The same three stages with every input and output on an S3-protocol server (moto)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import s3fs
+
+from pipeline.run import run_all
+from tests.conftest import tiny_overrides
+from zeroseg.config import load_config
+
+pytestmark = pytest.mark.integration
+
+
+def test_pipeline_on_s3(ray_local, s3_server, teacher_cache):
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("zeroseg-it")
+    cfg = load_config("jobs/demo.yaml", tiny_overrides("s3://zeroseg-it/run", teacher_cache))
+    summary = run_all(cfg, log=lambda *_: None)
+    stored = json.loads(fs.cat_file("zeroseg-it/run/summary.json"))
+    assert stored["student"]["miou"] == pytest.approx(summary["student"]["miou"])
+    (extract,) = fs.ls("zeroseg-it/run/extract")
+    for name in ("_SUCCESS", "manifest.json", "index.parquet", "cache.zarr/zarr.json"):
+        assert fs.exists(f"{extract}/{name}"), name
+    assert summary["checkpoint"].startswith("s3://zeroseg-it/run/train/")
+    final = summary["checkpoint"].removeprefix("s3://")
+    assert fs.exists(f"{final}/model.safetensors") and fs.exists(f"{final}/config.json")
+    assert (
+        len(fs.ls(f"{extract}/shards"))
+        == json.loads(fs.cat_file(f"{extract}/manifest.json"))["num_shards"]
+    )
+    # a second run finds every stage finished on object storage
+    logs: list[str] = []
+    run_all(cfg, log=logs.append)
+    assert sum("skipping" in line for line in logs) == 3
