@@ -150,6 +150,7 @@ def _dispatch(args, parser) -> int:
             seed=args.seed,
             labeled=args.labels,
             settings=WorldSettings(image_size=args.image_size),
+            progress=True,
         )
         print(f"wrote {args.n} scenes to {args.out}")
         return 0

@@ -27,7 +27,7 @@ def ensure_world(cfg: Config, log=print) -> None:
         if storage.exists(storage.join(uri, SUCCESS)):
             continue
         log(f"[world] writing {n} {'labeled' if labeled else 'unlabeled'} {name} scenes -> {uri}")
-        write_split(uri, n=n, seed=seed, labeled=labeled, settings=settings)
+        write_split(uri, n=n, seed=seed, labeled=labeled, settings=settings, progress=True)
         storage.write_text(storage.join(uri, SUCCESS), f"{n}\n")
 
 

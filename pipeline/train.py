@@ -175,18 +175,25 @@ def _train_loop(loop: dict[str, Any]) -> None:
                         row[key] = float(out[key])
                 history.append(row)
                 if rank == 0:
-                    print(
-                        "[train] "
-                        + " ".join(
-                            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                            for k, v in row.items()
-                        )
-                    )
+                    rate = row["samples_per_s"] / (batch * world)  # steps per second
+                    eta = (total_steps - step) / max(rate, 1e-9)
+                    print(progress_line(row, total_steps, eta))
                 t_window, samples_window, wait, compute = time.perf_counter(), 0, 0.0, 0.0
             if step - last_ckpt_step >= loop["checkpoint_every"] and step < total_steps:
                 save(final=False)
                 last_ckpt_step = step
     save(final=True)
+
+
+def progress_line(row: dict[str, Any], total_steps: int, eta: float) -> str:
+    terms = " ".join(f"{k[5:]} {v:.4f}" for k, v in row.items() if k.startswith("loss_"))
+    return (
+        f"[train] step {row['step']}/{total_steps} (eta {eta:.0f} s) loss {row['loss']:.4f} "
+        f"[{terms}] {row['samples_per_s']:.0f} samples/s, "
+        f"data wait {row['data_wait_fraction']:.1%}, "
+        f"groups used {row.get('groups_used', 0):.1f}, "
+        f"assign-logit spread {row.get('assign_logit_std', 0):.3f}"
+    )
 
 
 def run_train(cfg: Config, cache_uri: str, log=print) -> str:
