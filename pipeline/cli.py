@@ -25,6 +25,32 @@ docs/configuration.md); unknown keys and wrong types are reported before any wor
 """
 
 
+DESCRIPTIONS = {
+    "run": (
+        "Writes the shapes-world splits when world.generate is on and they are missing, trains "
+        "(or reuses) the toy teacher when no checkpoint is named, then runs extract, train and "
+        "eval. Finished stages are found by fingerprint and skipped; the table and "
+        "<storage.root>/summary.json come last."
+    ),
+    "extract": (
+        "Reads data.train, cuts each centre crop into the 1x1..4x4 grid views, embeds them with "
+        "the frozen teacher on a Ray Data actor pool and writes "
+        "<storage.root>/extract/<fingerprint>/ (Zarr v3, index.parquet, per-shard markers). "
+        "Reruns skip shards that have markers."
+    ),
+    "train": (
+        "Ray Train workers read only the teacher cache and train the student with the "
+        "multi-scale, segment-matching and reconstruction losses. Rerunning the same command "
+        "resumes from the newest checkpoint; final weights go to <run>/final/."
+    ),
+    "eval": (
+        "Parallel Ray tasks score the student and the grid_crop, maskclip_dense and "
+        "all_background baselines on data.bench, each with the background rule that scores "
+        "best on data.val. Writes metrics.json and overlay pictures."
+    ),
+}
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", "-c", help="YAML job config (defaults when omitted)")
     p.add_argument(
@@ -46,10 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="command")
 
-    p = sub.add_parser("run", help="extract -> train -> eval, each skipped when already done")
+    p = sub.add_parser(
+        "run",
+        help="extract -> train -> eval, each skipped when already done",
+        description=DESCRIPTIONS["run"],
+    )
     _config_args(p)
 
-    p = sub.add_parser("extract", help="cache teacher embeddings of the 30 grid views (Ray Data)")
+    p = sub.add_parser(
+        "extract",
+        help="cache teacher embeddings of the 30 grid views (Ray Data)",
+        description=DESCRIPTIONS["extract"],
+    )
     _config_args(p)
     p.add_argument(
         "--mode",
@@ -58,11 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--redo-shards", help="comma-separated shard numbers to recompute")
 
-    p = sub.add_parser("train", help="distill the cache into the student (Ray Train)")
+    p = sub.add_parser(
+        "train",
+        help="distill the cache into the student (Ray Train)",
+        description=DESCRIPTIONS["train"],
+    )
     _config_args(p)
     p.add_argument("--cache", help="teacher cache folder (default: the one extract would make)")
 
-    p = sub.add_parser("eval", help="score a checkpoint and the teacher-only baselines")
+    p = sub.add_parser(
+        "eval",
+        help="score a checkpoint and the teacher-only baselines",
+        description=DESCRIPTIONS["eval"],
+    )
     _config_args(p)
     p.add_argument("--checkpoint", help="a train run's final/ folder (default: this config's)")
 
