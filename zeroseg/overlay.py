@@ -53,7 +53,7 @@ def colorize(labels: np.ndarray, num_classes: int) -> np.ndarray:
 
 
 def blend(
-    image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.55
+    image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.75
 ) -> np.ndarray:
     """Colour the labelled pixels over the image; background stays the image itself."""
     color = colorize(labels, num_classes).astype(np.float32)
