@@ -35,7 +35,7 @@ def emit(measure: str, value: float, goal: float | None, unit: str, **extra) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
 
