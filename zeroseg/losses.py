@@ -11,17 +11,28 @@ Conventions (shared by both L1 terms so their weights are comparable):
   are free to match the targets' scale.
 
 ``views[:, 0]`` is the whole image (v1); ``views[:, 1:]`` are the local grid regions.
+
+Beyond the paper (off by default, weight 0): two *dense* terms that give every patch a target,
+the teacher embedding of the grid cell(s) the patch lies in. The paper's losses only see pooled
+segments, so nothing tells the patch-to-group assignment where to put a patch, and on small
+worlds the grouping collapses to one group. ``dense`` scores the student the way evaluation uses
+it (pixel -> its group -> that group's embedding): the assignment-weighted L1 between each
+patch's groups and its cell target, a soft k-means that moves patches to the segment nearest
+their cell and segments toward their patches' cells. ``patch`` regresses a per-patch projection
+of the encoder tokens onto the same targets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WEIGHTS = {"multiscale": 1.0, "matching": 1.0, "recon": 1.0}
+DEFAULT_WEIGHTS = {"multiscale": 1.0, "matching": 1.0, "recon": 1.0, "dense": 0.0, "patch": 0.0}
 _REDUCTIONS = ("mean", "sum")
+DENSE_MODES = ("mean", "min")
+DEFAULT_LEVELS = (1, 2, 3, 4)
 
 
 def _l1(a: torch.Tensor, b: torch.Tensor, dim_reduction: str) -> torch.Tensor:
@@ -57,6 +68,69 @@ def segment_matching(
     return _l1(segments, target, dim_reduction).sum(dim=1).mean()
 
 
+def patch_cell_targets(
+    views: torch.Tensor,
+    patch_index: torch.Tensor,
+    grid_hw: tuple[int, int] | torch.Tensor,
+    target_levels: Sequence[int] = (4,),
+    levels: Sequence[int] = DEFAULT_LEVELS,
+) -> torch.Tensor:
+    """(B, N', L, D): for each patch, the view of each level in ``target_levels`` containing it.
+
+    ``views`` (B, V, D) are laid out level by level, row-major (``zeroseg.views.grid_boxes``);
+    ``patch_index`` (B, N') are raster positions on a ``grid_hw`` patch grid. A patch belongs to
+    the cell containing its centre.
+    """
+    gh, gw = (int(v) for v in grid_hw)
+    rows = (patch_index // gw).to(torch.float64)
+    cols = (patch_index % gw).to(torch.float64)
+    offsets, start = {}, 0
+    for n in levels:
+        offsets[n] = start
+        start += n * n
+    if start != views.shape[1]:
+        raise ValueError(f"levels {tuple(levels)} give {start} views, got {views.shape[1]}")
+    idx = []
+    for n in target_levels:
+        if n not in offsets:
+            raise ValueError(f"target level {n} not among the view levels {tuple(levels)}")
+        r = ((rows + 0.5) * n / gh).floor().long().clamp_(0, n - 1)
+        c = ((cols + 0.5) * n / gw).floor().long().clamp_(0, n - 1)
+        idx.append(offsets[n] + r * n + c)
+    index = torch.stack(idx, dim=-1)  # (B, N', L)
+    b, npatch, nl = index.shape
+    flat = views.gather(1, index.reshape(b, -1, 1).expand(-1, -1, views.shape[-1]))
+    return flat.reshape(b, npatch, nl, views.shape[-1])
+
+
+def dense_assignment(
+    patch_groups: torch.Tensor,
+    segments: torch.Tensor,
+    cell_targets: torch.Tensor,
+    mode: str = "mean",
+    dim_reduction: str = "mean",
+) -> torch.Tensor:
+    """Expected L1 between a patch's group embedding and its cell target(s).
+
+    ``patch_groups`` (B, N', G) soft assignment, ``segments`` (B, G, D), ``cell_targets``
+    (B, N', L, D). Over the L levels the distance is averaged (``mean``) or the nearest level is
+    taken (``min``: a patch need only agree with one of the cells containing it, which lets
+    segments be finer than any one grid). Averaged over patches and batch.
+    """
+    if mode not in DENSE_MODES:
+        raise ValueError(f"mode must be one of {DENSE_MODES}, got {mode!r}")
+    d = _l1(segments[:, None, :, None, :], cell_targets[:, :, None, :, :], dim_reduction)
+    d = d.mean(dim=-1) if mode == "mean" else d.amin(dim=-1)  # (B, N', G)
+    return (patch_groups * d).sum(dim=-1).mean()
+
+
+def patch_regression(
+    patch_embeds: torch.Tensor, cell_targets: torch.Tensor, dim_reduction: str = "mean"
+) -> torch.Tensor:
+    """L1 between each patch's projection (B, N', D) and its cell targets (B, N', L, D)."""
+    return _l1(patch_embeds.unsqueeze(2), cell_targets, dim_reduction).mean()
+
+
 def distill_loss(
     out: Mapping[str, torch.Tensor],
     views: torch.Tensor,
@@ -64,13 +138,19 @@ def distill_loss(
     normalize_targets: bool = True,
     normalize_student: bool = False,
     dim_reduction: str = "mean",
+    dense_levels: Sequence[int] = (4,),
+    dense_mode: str = "mean",
+    levels: Sequence[int] = DEFAULT_LEVELS,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted sum of the three ZeroSeg terms for one batch.
+    """Weighted sum of the ZeroSeg terms for one batch.
 
-    ``out`` is the student's forward dict (``z``, ``segments``, ``recon_loss``); ``views``
-    (B, V, D) are the teacher embeddings (any float dtype, e.g. fp16 from the cache). Missing
-    weight keys default to 1. Returns ``(total, {"multiscale", "matching", "recon"})`` with the
-    unweighted terms (detached) for logging.
+    ``out`` is the student's forward dict (``z``, ``segments``, ``recon_loss``; the dense terms
+    also read ``patch_groups``, ``patch_index``, ``grid_hw`` and ``patch_embeds``); ``views``
+    (B, V, D) are the teacher embeddings (any float dtype, e.g. fp16 from the cache), laid out
+    by ``levels``. Missing weight keys take :data:`DEFAULT_WEIGHTS` (the paper's three terms 1,
+    the dense terms 0). ``dense_levels`` / ``dense_mode`` pick the dense targets (see
+    :func:`dense_assignment`). Returns ``(total, terms)``: the unweighted terms (detached) for
+    logging, ``multiscale``, ``matching``, ``recon`` always, ``dense`` / ``patch`` when weighted.
     """
     w = dict(DEFAULT_WEIGHTS)
     if weights:
@@ -90,6 +170,23 @@ def distill_loss(
         "matching": segment_matching(segments, targets[:, 1:], dim_reduction),
         "recon": out["recon_loss"],
     }
+    if w["dense"] or w["patch"]:
+        cells = patch_cell_targets(
+            targets, out["patch_index"], out["grid_hw"], dense_levels, levels
+        )
+        if w["dense"]:
+            terms["dense"] = dense_assignment(
+                out["patch_groups"], segments, cells, dense_mode, dim_reduction
+            )
+        if w["patch"]:
+            if "patch_embeds" not in out:
+                raise KeyError("the patch loss needs a student built with patch_proj=True")
+            pe = (
+                F.normalize(out["patch_embeds"], dim=-1)
+                if normalize_student
+                else out["patch_embeds"]
+            )
+            terms["patch"] = patch_regression(pe, cells, dim_reduction)
     total = sum(w[k] * v for k, v in terms.items() if w[k] != 0)
     if not torch.is_tensor(total):  # every weight zero
         total = z.sum() * 0.0

@@ -84,3 +84,63 @@ def test_distill_loss_terms_weights_and_normalization():
     )
     with pytest.raises(KeyError):
         distill_loss(out, views, weights={"match": 1.0})
+
+
+def test_patch_cell_targets_pick_the_cell_containing_each_patch():
+    from zeroseg.losses import patch_cell_targets
+
+    views = torch.arange(30.0).view(1, 30, 1).expand(2, 30, 3)  # view id in every dim
+    idx = torch.tensor([[0, 1, 8, 9, 7, 63, 2, 27]] * 2)  # raster positions on an 8x8 grid
+    t = patch_cell_targets(views, idx, (8, 8), target_levels=(4, 3, 1))
+    assert t.shape == (2, 8, 3, 3)
+    # 4x4 views start at 14: patches (0,0),(0,1),(1,0),(1,1) share cell 0; (0,7) -> cell 3
+    assert t[0, :, 0, 0].tolist() == [14, 14, 14, 14, 17, 29, 15, 19]
+    # 3x3 views start at 5; patch (0,2) has centre 2.5/8 -> column 0; (3,3) -> (1,1)
+    assert t[0, :, 1, 0].tolist() == [5, 5, 5, 5, 7, 13, 5, 9]
+    assert t[0, :, 2, 0].tolist() == [0] * 8
+    with pytest.raises(ValueError):
+        patch_cell_targets(views, idx, (8, 8), target_levels=(5,))
+
+
+def test_dense_assignment_hand_computed_and_modes():
+    from zeroseg.losses import dense_assignment
+
+    segs = torch.tensor([[[0.0, 0.0], [1.0, 1.0]]], requires_grad=True)  # (1, G=2, 2)
+    cells = torch.tensor([[[[0.0, 0.0], [1.0, 1.0]], [[1.0, 1.0], [1.0, 1.0]]]])  # (1, 2, L=2, 2)
+    onehot = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])  # both patches in group 0
+    # patch 0: group 0 vs levels: 0 and 1 -> mean 0.5, min 0; patch 1: 1 and 1
+    assert dense_assignment(onehot, segs, cells, "mean").item() == pytest.approx(0.75)
+    assert dense_assignment(onehot, segs, cells, "min").item() == pytest.approx(0.5)
+    soft = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]], requires_grad=True)
+    loss = dense_assignment(soft, segs, cells, "mean")
+    loss.backward()
+    # the assignment is pushed toward the nearer segment: patch 1 already sits on group 1
+    assert soft.grad[0, 1, 0] > soft.grad[0, 1, 1]
+    with pytest.raises(ValueError):
+        dense_assignment(onehot, segs, cells, "max")
+
+
+def test_distill_loss_dense_terms_opt_in():
+    torch.manual_seed(3)
+    b, n, g, d = 2, 5, 4, 16
+    out = {
+        "z": torch.randn(b, d),
+        "segments": torch.randn(b, g, d, requires_grad=True),
+        "recon_loss": torch.tensor(0.0),
+        "patch_groups": torch.softmax(torch.randn(b, n, g), -1).requires_grad_(),
+        "patch_index": torch.stack([torch.randperm(64)[:n].sort().values for _ in range(b)]),
+        "grid_hw": torch.tensor([8, 8]),
+    }
+    views = torch.randn(b, 30, d)
+    base, terms = distill_loss(out, views)
+    assert set(terms) == {"multiscale", "matching", "recon"}  # paper terms only by default
+    total, terms = distill_loss(out, views, weights={"dense": 2.0}, dense_levels=(4, 3))
+    assert set(terms) == {"multiscale", "matching", "recon", "dense"}
+    assert total.item() == pytest.approx(base.item() + 2 * terms["dense"].item(), rel=1e-5)
+    total.backward()
+    assert out["patch_groups"].grad.abs().sum() > 0
+    with pytest.raises(KeyError):
+        distill_loss(out, views, weights={"patch": 1.0})  # needs patch_embeds
+    out["patch_embeds"] = torch.randn(b, n, d)
+    _, terms = distill_loss(out, views, weights={"patch": 1.0})
+    assert terms["patch"].item() > 0

@@ -26,7 +26,7 @@ def tiny():
 
 def test_presets_listed():
     names = list_students()
-    assert {"student-tiny", "student-small", "zeroseg-vit-b16"} <= set(names)
+    assert {"student-tiny", "student-tiny-dense", "student-small", "zeroseg-vit-b16"} <= set(names)
 
 
 def test_masking_exact_count_unique_and_seeded():
@@ -181,3 +181,45 @@ def test_paper_preset_parameter_count():
     # ViT-B/16 encoder without cls token / head: about 85.8M
     assert 85e6 < counts["encoder"] < 87e6
     assert model.cfg.num_groups == [32, 8] and model.cfg.head_depth == 5
+
+
+def test_centered_assignment_ignores_a_shared_token_component():
+    blk = _block(assign="centered", pre_assign_attn=False)
+    groups, keys = torch.randn(1, 4, 16), torch.randn(1, 10, 16)
+    shift = 50 * torch.randn(1, 1, 16)
+    # logits only see assign_k(tokens) minus its mean over tokens: a shared offset drops out
+    a = blk.logits(groups, keys)
+    b = blk.logits(groups, keys + shift @ torch.linalg.pinv(blk.assign_k.weight).T)
+    assert torch.allclose(a, b, atol=1e-3)
+    assert a.abs().max() <= blk.cosine_scale + 1e-5
+
+
+def test_conv_stem_patch_proj_and_dense_outputs():
+    torch.manual_seed(0)
+    m = build_student("student-tiny", D, stem="conv", patch_proj=True, assign="centered")
+    m.train()
+    out = m(torch.rand(2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    n_vis = round(0.4 * 64)
+    assert out["patch_groups"].shape == (2, n_vis, 8)
+    assert torch.allclose(out["patch_groups"].sum(-1), torch.ones(2, n_vis), atol=1e-5)
+    assert out["patch_groups"].requires_grad
+    assert out["patch_index"].shape == (2, n_vis) and out["grid_hw"].tolist() == [8, 8]
+    assert out["patch_embeds"].shape == (2, n_vis, D)
+    full = m(torch.rand(2, 3, 64, 64), mask_ratio=0.0)
+    assert full["patch_index"][0].tolist() == list(range(64))
+    segs, pg = m.segment(torch.rand(1, 3, 64, 64))
+    assert segs.shape == (1, 8, D) and pg.shape == (1, 8, 64, 64)
+    assert parameter_breakdown(m)["total"] == count_parameters(m)
+    with pytest.raises(ValueError):
+        build_student("student-tiny", D, stem="conv", patch_size=6, image_size=60)
+
+
+def test_dense_preset_keeps_groups_apart_at_init():
+    # the shared token component makes every patch pick one group with plain cosine logits;
+    # centred logits spread an untrained student's patches over several final groups
+    torch.manual_seed(0)
+    m = build_student("student-tiny-dense", D)
+    m.eval()
+    out = m(torch.rand(4, 3, 64, 64))
+    assert "patch_embeds" in out
+    assert out["groups_used"].item() > 1

@@ -10,6 +10,10 @@ The assignment logits are the fragile part: with plain dot products they can be 
 training, at which point Gumbel noise decides the assignment and the groups collapse. ``cosine``
 logits (cosine similarity times a fixed scale) keep the logit range fixed, so they can only lose
 spread by the directions aligning, not by the norms shrinking (e.g. under weight decay).
+``centered`` logits subtract, per image, the mean key over tokens and the mean query over groups
+before the cosine: a component shared by every token (on small worlds it dominates, so every
+token picks the same group from the first step) cannot decide the assignment; only how a token
+differs from the rest of its image does.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-ASSIGN_MODES = ("dot", "cosine")
+ASSIGN_MODES = ("dot", "cosine", "centered")
 
 
 @dataclass
@@ -159,7 +163,10 @@ class GroupingBlock(nn.Module):
         """Patch-to-group logits (B, S, N)."""
         q = self.assign_q(groups)
         k = self.assign_k(tokens)
-        if self.assign == "cosine":
+        if self.assign == "centered":
+            q = q - q.mean(dim=1, keepdim=True)
+            k = k - k.mean(dim=1, keepdim=True)
+        if self.assign in ("cosine", "centered"):
             q = F.normalize(q, dim=-1)
             k = F.normalize(k, dim=-1)
             return self.cosine_scale * q @ k.transpose(1, 2)

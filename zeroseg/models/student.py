@@ -23,6 +23,7 @@ from .grouping import ASSIGN_MODES, Assignment, GroupingBlock, GroupProjector
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+STEMS = ("patch", "conv")
 
 
 @dataclass
@@ -67,6 +68,13 @@ class StudentConfig:
     global_depth: int = 1
     mask_ratio: float = 0.6
     norm_pix_loss: bool = False
+    # Beyond the paper: a linear map of every encoder token into the teacher space, so a dense
+    # loss can regress each patch to the teacher embedding of the grid cell it lies in.
+    patch_proj: bool = False
+    # Beyond the paper: "conv" replaces the linear patch embedding by stride-2 3x3 convolutions
+    # (log2(patch_size) of them) and a 1x1 projection. A from-scratch ViT learns shapes very
+    # slowly from a linear patch embedding; a conv stem learns them within minutes on CPU.
+    stem: str = "patch"
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -97,6 +105,10 @@ class StudentConfig:
             raise ValueError("group_after must be increasing block counts within head_depth")
         if len(set(self.group_after)) != len(self.group_after):
             raise ValueError("group_after entries must be distinct")
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
+            raise ValueError("the conv stem needs a power-of-two patch_size >= 2")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError("mask_ratio must be in [0, 1)")
         for w, h, name in (
@@ -105,6 +117,24 @@ class StudentConfig:
         ):
             if w % h or w % 4:
                 raise ValueError(f"{name} must be divisible by its heads and by 4")
+
+
+class ConvStem(nn.Module):
+    """Stride-2 3x3 conv + GELU stages down to the patch grid, then a 1x1 conv to the width;
+    (B, C, H, W) -> (B, N, width) in raster order, like timm's ``PatchEmbed``."""
+
+    def __init__(self, patch_size: int, in_chans: int, width: int) -> None:
+        super().__init__()
+        n = patch_size.bit_length() - 1
+        chans = [in_chans] + [max(16, width // 2 ** (n - i)) for i in range(1, n + 1)]
+        layers: list[nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GELU()]
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(chans[-1], width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(x)).flatten(2).transpose(1, 2)
 
 
 def sincos_pos_embed_2d(
@@ -178,10 +208,14 @@ class Student(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), False)
 
         # MAE encoder
-        self.patch_embed = PatchEmbed(
-            cfg.image_size, cfg.patch_size, cfg.in_chans, c, strict_img_size=False
-        )
-        self.grid = tuple(self.patch_embed.grid_size)
+        if cfg.stem == "conv":
+            self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.in_chans, c)
+        else:
+            self.patch_embed = PatchEmbed(
+                cfg.image_size, cfg.patch_size, cfg.in_chans, c, strict_img_size=False
+            )
+        side = cfg.image_size // cfg.patch_size
+        self.grid = (side, side)
 
         def blocks(dim: int, heads: int, n: int) -> nn.ModuleList:
             return nn.ModuleList(
@@ -231,6 +265,7 @@ class Student(nn.Module):
         # Projections into the teacher's embedding space
         self.z_proj = nn.Linear(c, self.embed_dim)
         self.segment_proj = nn.Linear(c, self.embed_dim)
+        self.patch_proj = nn.Linear(c, self.embed_dim) if cfg.patch_proj else None
 
         self._pos_cache: dict[tuple, torch.Tensor] = {}
         self._init_weights()
@@ -393,23 +428,34 @@ class Student(nn.Module):
         generator seeds the masking and the Gumbel noise.
 
         Keys: ``z`` (B, D), ``segments`` (B, G, D), ``recon_loss`` (scalar; 0 when nothing is
-        masked), and detached scalars ``assign_logit_std`` (mean over stages), ``groups_used``
+        masked); for dense losses ``patch_groups`` (B, N', G) the composed soft assignment of
+        the N' tokens the head saw (differentiable), ``patch_index`` (B, N') their raster
+        positions, ``grid_hw`` (2,) the patch grid, and with ``patch_proj`` ``patch_embeds``
+        (B, N', D); and detached scalars ``assign_logit_std`` (mean over stages), ``groups_used``
         (final stage), plus per-stage ``assign_logit_std_{k}`` / ``groups_used_{k}`` (k from 1).
         """
         if mask_ratio is None:
             mask_ratio = self.cfg.mask_ratio if self.training else 0.0
         img = self.normalize(x)
-        tokens, _keep, restore, grid = self.encode(img, mask_ratio, generator)
+        tokens, keep, restore, grid = self.encode(img, mask_ratio, generator)
         if restore is not None:
             recon = self.reconstruction_loss(tokens, restore, img, grid)
         else:
             recon = tokens.new_zeros(())
         seg, assignments = self.group(tokens, stochastic=self.training, generator=generator)
+        b, n = tokens.shape[:2]
+        if keep is None:
+            keep = torch.arange(n, device=tokens.device).unsqueeze(0).expand(b, -1)
         out: dict[str, torch.Tensor] = {
             "z": self.z_proj(self.global_embedding(seg)),
             "segments": self.segment_proj(seg),
             "recon_loss": recon,
+            "patch_groups": composed_assignment(assignments),
+            "patch_index": keep,
+            "grid_hw": torch.tensor(grid, device=tokens.device),
         }
+        if self.patch_proj is not None:
+            out["patch_embeds"] = self.patch_proj(tokens)
         out.update(self._diagnostics(assignments))
         return out
 
@@ -425,9 +471,7 @@ class Student(nn.Module):
         img = self.normalize(x)
         tokens, _, _, (gh, gw) = self.encode(img, 0.0)
         seg, assignments = self.group(tokens, stochastic=False)
-        maps = assignments[0].soft.transpose(1, 2)  # (B, N, S1)
-        for a in assignments[1:]:
-            maps = maps @ a.soft.transpose(1, 2)  # (B, N, S_k)
+        maps = composed_assignment(assignments)
         b, n, g = maps.shape
         grid_maps = maps.transpose(1, 2).reshape(b, g, gh, gw)
         pixel_groups = F.interpolate(
@@ -446,6 +490,14 @@ class Student(nn.Module):
         out["assign_logit_std"] = torch.stack(stds).mean()
         out["groups_used"] = _composite_groups_used(assignments)
         return out
+
+
+def composed_assignment(assignments: list[Assignment]) -> torch.Tensor:
+    """(B, N, G): each token's soft weight on every final group (product of the stages' maps)."""
+    maps = assignments[0].soft.transpose(1, 2)  # (B, N, S1)
+    for a in assignments[1:]:
+        maps = maps @ a.soft.transpose(1, 2)  # (B, N, S_k)
+    return maps
 
 
 @torch.no_grad()
@@ -472,6 +524,8 @@ def parameter_breakdown(model: Student) -> dict[str, int]:
         "global": [model.global_blocks, model.global_norm, model.global_mlp],
         "projections": [model.z_proj, model.segment_proj],
     }
+    if model.patch_proj is not None:
+        parts["projections"].append(model.patch_proj)
     out = {k: sum(count_parameters(m) for m in mods) for k, mods in parts.items()}
     out["decoder"] += model.mask_token.numel()
     out["head"] += sum(g.numel() for g in model.group_tokens)
