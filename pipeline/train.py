@@ -102,14 +102,10 @@ def _train_loop(loop: dict[str, Any]) -> None:
         step = int(state["step"])
         if rank == 0:
             print(f"[train] resumed from checkpoint at step {step}")
-    # Without masking or reconstruction the decoder gets no gradient; DDP must know.
-    unused = tc["mask_ratio"] == 0 or tc["w_recon"] == 0
+    weights = {k: tc[f"w_{k}"] for k in ("multiscale", "matching", "recon", "dense", "patch")}
+    # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.
+    unused = tc["mask_ratio"] == 0 or any(v == 0 for v in weights.values())
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    weights = {
-        "multiscale": tc["w_multiscale"],
-        "matching": tc["w_matching"],
-        "recon": tc["w_recon"],
-    }
     gen = torch.Generator().manual_seed(tc["seed"] * 1000 + rank)
 
     def save(final: bool) -> None:
@@ -148,7 +144,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total_steps, warmup, base_lr)
             out = model(x, mask_ratio=tc["mask_ratio"], generator=gen)
-            total, terms = distill_loss(out, views, weights)
+            total, terms = distill_loss(out, views, weights, levels=loop["levels"])
             opt.zero_grad(set_to_none=True)
             total.backward()
             if tc["grad_clip"] > 0:
@@ -220,6 +216,7 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         "train": config_to_dict(cfg)["train"],
         "student": student,
         "embed_dim": embed_dim,
+        "levels": list(manifest["levels"]),
         "threads": threads,
         "log_every": 10,
         "checkpoint_every": cfg.train.checkpoint_every_steps,

@@ -120,6 +120,11 @@ class TrainConfig:
     w_multiscale: float = 1.0
     w_matching: float = 1.0
     w_recon: float = 1.0
+    # Beyond the paper (0 = off): per-patch terms against the teacher embedding of the 4x4 cell
+    # each patch lies in; they keep the grouping from collapsing on the shapes world
+    # (docs/student_research.md).
+    w_dense: float = 0.0
+    w_patch: float = 0.0
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 = run all epochs; >0 caps the step count (smoke tests)
 
