@@ -36,7 +36,7 @@ def emit(measure: str, value: float, goal: float | None, unit: str, **extra) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=960, help="views per forward")
     args = parser.parse_args()
 
     import torch
@@ -110,6 +110,11 @@ def main() -> None:
             note="includes Ray start-up of the actor pool",
         )
         emit("pipeline_vs_bare_forward", pipeline_rate / bare, 0.9, "ratio", machine=machine)
+        # The same forward inside the actors (decode/crop/write and Ray start-up excluded):
+        # tells a slow forward apart from pipeline overhead.
+        actor_infer = manifest["num_ok"] * views_per_image / max(secs["infer"], 1e-9)
+        emit("actor_infer_vs_bare_forward", actor_infer / bare, None, "ratio", machine=machine)
+        emit("pipeline_wall_s", wall, None, "s", machine=machine, images=manifest["num_ok"])
         for part in ("read", "crop", "infer", "write"):
             emit(
                 f"shard_{part}_fraction",
