@@ -72,7 +72,6 @@ class ShardExtractor:
         levels: list[int],
         crop_size: int,
         batch_size: int,
-        keys: list[str],
         layout: dict[str, int],
         threads: int = 1,
     ):
@@ -87,7 +86,9 @@ class ShardExtractor:
         self.levels = levels
         self.crop_size = crop_size
         self.batch_size = batch_size
-        self.keys = keys
+        # The plan is read here rather than shipped as a constructor argument: for millions of
+        # images it would be a large object pinned in Ray's object store.
+        self.keys = storage.read_json(self.stage.path("plan.json"))["keys"]
         self.layout = CacheLayout(**layout)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -207,11 +208,11 @@ def _run_shards(
     return failed
 
 
-def run_extract(cfg: Config, log=print) -> str:
+def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -> str:
     """Run (or resume) extraction; returns the cache's stage URI."""
     import ray
 
-    teacher = resolve_teacher(cfg, log=log)
+    teacher = teacher or resolve_teacher(cfg, log=log)
     keys = list_training_images(cfg.data.train)
     fp = extract_fingerprint(cfg, teacher, keys)
     stage = StageDir(stage_uri(cfg, fp))
@@ -273,7 +274,6 @@ def run_extract(cfg: Config, log=print) -> str:
         "crop_size": cfg.views.crop_size,
         "batch_size": cfg.extract.batch_size,
         "threads": max(1, int(cfg.extract.cpus_per_actor)),
-        "keys": keys,
         "layout": asdict(layout),
     }
     t0 = time.perf_counter()

@@ -97,7 +97,7 @@ def run_all(cfg: Config, log=print) -> dict[str, Any]:
     timed("world", ensure_world, cfg, log)
     teacher = timed("teacher", resolve_teacher, cfg, log)
     timed("ray_start", ensure_ray, cfg)
-    cache = timed("extract", run_extract, cfg, log)
+    cache = timed("extract", run_extract, cfg, log, teacher)
     final = timed("train", run_train, cfg, cache, log)
     metrics = timed("eval", run_eval, cfg, final, log)
     timings["total"] = time.perf_counter() - t_all
