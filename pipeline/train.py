@@ -9,7 +9,6 @@ weights land in ``<run>/final/`` as safetensors plus a JSON config.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import tempfile
@@ -66,8 +65,6 @@ def _train_loop(loop: dict[str, Any]) -> None:
     from zeroseg.losses import distill_loss
     from zeroseg.models import build_student
 
-    # Our own per-step lines say what matters; Ray's per-report INFO lines would drown them.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop["threads"])))
