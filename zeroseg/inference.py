@@ -112,29 +112,3 @@ def grid_score_map(
     rows = torch.arange(h, device=cos.device) * gh // h
     cols = torch.arange(w, device=cos.device) * gw // w
     return cos[rows[:, None], cols[None, :]].permute(2, 0, 1)
-
-
-def labels_from_dense(
-    dense: torch.Tensor,
-    text_emb: torch.Tensor,
-    threshold: float,
-    out_hw: tuple[int, int],
-    background: str = "threshold",
-    scale: float = 100.0,
-) -> torch.Tensor:
-    """MaskCLIP-style baseline labels: dense features (h, w, D) -> (H, W)."""
-    cos = dense_score_map(dense, text_emb, out_hw)
-    return labels_from_scores(cos, threshold, background, scale, class_dim=0)
-
-
-def labels_from_grid(
-    cell_emb: torch.Tensor,
-    text_emb: torch.Tensor,
-    threshold: float,
-    out_hw: tuple[int, int],
-    background: str = "threshold",
-    scale: float = 100.0,
-) -> torch.Tensor:
-    """Grid-crop baseline labels: one embedding per cell (gh, gw, D) -> (H, W)."""
-    cos = grid_score_map(cell_emb, text_emb, out_hw)
-    return labels_from_scores(cos, threshold, background, scale, class_dim=0)

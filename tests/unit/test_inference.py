@@ -3,9 +3,9 @@ import torch
 
 from zeroseg.inference import (
     class_probabilities,
+    dense_score_map,
+    grid_score_map,
     label_map,
-    labels_from_dense,
-    labels_from_grid,
     labels_from_scores,
     pixel_class_scores,
 )
@@ -57,7 +57,7 @@ def test_labels_from_grid_blocks():
     cells = torch.zeros(2, 2, 4)
     cells[0, 0, 0] = cells[0, 1, 1] = cells[1, 0, 2] = 1.0
     cells[1, 1] = torch.tensor([1.0, 1.0, 1.0, 0.0])  # ambiguous -> background
-    labels = labels_from_grid(cells, TEXT, threshold=0.9, out_hw=(4, 6))
+    labels = labels_from_scores(grid_score_map(cells, TEXT, (4, 6)), 0.9, class_dim=0)
     expected = torch.tensor(
         [[1, 1, 1, 2, 2, 2], [1, 1, 1, 2, 2, 2], [3, 3, 3, 0, 0, 0], [3, 3, 3, 0, 0, 0]]
     )
@@ -68,6 +68,6 @@ def test_labels_from_dense_constant_regions():
     dense = torch.zeros(2, 2, 4)
     dense[:, 0, 1] = 1.0  # left column -> class 1 (label 2)
     dense[:, 1, 2] = 1.0  # right column -> class 2 (label 3)
-    labels = labels_from_dense(dense, TEXT, threshold=0.5, out_hw=(8, 8))
+    labels = labels_from_scores(dense_score_map(dense, TEXT, (8, 8)), 0.5, class_dim=0)
     assert labels.shape == (8, 8)
     assert (labels[:, :3] == 2).all() and (labels[:, 5:] == 3).all()
