@@ -220,7 +220,9 @@ def _dispatch(args, parser) -> int:
         return 0
 
     from .cluster import ensure_ray
+    from .preflight import preflight
 
+    preflight(cfg, cmd)
     if cmd == "run":
         from .run import run_all
 

@@ -53,18 +53,21 @@ def exists(uri: str) -> bool:
 
 
 def makedirs(uri: str) -> None:
-    fs, path = fs_and_path(uri)
-    fs.makedirs(path, exist_ok=True)
+    """Create a local folder. Object stores have no folders, and s3fs's makedirs would create a
+    missing bucket: a typo in a bucket name must fail, not make a new bucket."""
+    if is_local(uri):
+        fs, path = fs_and_path(uri)
+        fs.makedirs(path, exist_ok=True)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole object; local files go through a temp name + rename so readers never see
     half a file (object stores make a single PUT visible atomically already)."""
     fs, path = fs_and_path(uri)
-    parent = posixpath.dirname(path) if has_protocol(normalize(uri)) else os.path.dirname(path)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
     if is_local(uri):
+        parent = os.path.dirname(path)
+        if parent:
+            os.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)

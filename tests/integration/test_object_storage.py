@@ -35,3 +35,20 @@ def test_pipeline_on_s3(ray_local, s3_server, teacher_cache):
     logs: list[str] = []
     run_all(cfg, log=logs.append)
     assert sum("skipping" in line for line in logs) == 3
+
+
+def test_missing_bucket_fails_before_ray(s3_server, tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        "rc = main(['extract', '--config', 'jobs/demo.yaml',\n"
+        "           'storage.root=s3://zeroseg-no-such-bucket/run', 'data.train=/tmp'])\n"
+        "assert 'ray' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    assert "cannot write to storage.root=s3://zeroseg-no-such-bucket/run" in out.stderr

@@ -327,9 +327,12 @@ def write_split(
     s = settings or WorldSettings()
     fs, root = fsspec.core.url_to_fs(out_uri, **(storage_options or {}))
     root = root.rstrip("/")
-    fs.makedirs(posixpath.join(root, "images"), exist_ok=True)
-    if labeled:
-        fs.makedirs(posixpath.join(root, "masks"), exist_ok=True)
+    # Folders exist only on local disks; on object stores makedirs could create a bucket.
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols:
+        fs.makedirs(posixpath.join(root, "images"), exist_ok=True)
+        if labeled:
+            fs.makedirs(posixpath.join(root, "masks"), exist_ok=True)
     bar = None
     if progress is True:
         from tqdm.auto import tqdm

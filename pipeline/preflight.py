@@ -1,0 +1,44 @@
+"""Checks that fail fast, before Ray starts: can we write the outputs and read the inputs?"""
+
+from __future__ import annotations
+
+import uuid
+
+from zeroseg.config import Config
+
+from . import storage
+
+
+class PreflightError(RuntimeError):
+    """Storage or input problems found before any cluster work; the message says what to fix."""
+
+
+def check_writable(uri: str, what: str) -> None:
+    """Write and delete a probe object: catches a missing bucket or a read-only credential."""
+    probe = storage.join(uri, f".zeroseg-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_bytes(probe, b"ok")
+        storage.remove(probe, recursive=False)
+    except Exception as exc:  # the storage backend decides the type; we only add context
+        raise PreflightError(
+            f"cannot write to {what}={uri}: {type(exc).__name__}: {exc}. Check that the bucket "
+            "or folder exists and that the credentials in the environment may write there."
+        ) from None
+
+
+def check_readable_folder(uri: str, what: str) -> None:
+    try:
+        found = storage.exists(uri)
+    except Exception as exc:
+        raise PreflightError(f"cannot read {what}={uri}: {type(exc).__name__}: {exc}") from None
+    if not found:
+        raise PreflightError(f"{what}={uri} does not exist")
+
+
+def preflight(cfg: Config, stage: str) -> None:
+    """The checks a stage needs; ``run`` generates the world itself when configured to."""
+    check_writable(cfg.storage.root, "storage.root")
+    if stage == "extract" or (stage == "run" and not cfg.world.generate):
+        check_readable_folder(cfg.data.train, "data.train")
+    if stage == "eval" or (stage == "run" and not cfg.world.generate):
+        check_readable_folder(cfg.data.bench, "data.bench")
