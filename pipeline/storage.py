@@ -9,12 +9,42 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import time
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
+
+T = TypeVar("T")
+
+# Transient errors (dropped connections, throttling, timeouts) are retried with backoff; errors
+# that a retry cannot fix (missing object, no permission) surface at once.
+RETRIES = 4
+BACKOFF_S = 0.5
+_PERMANENT = (
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+    FileExistsError,
+)
+
+
+def with_retries(fn: Callable[[], T], what: str, retries: int = RETRIES) -> T:
+    """Call ``fn``, retrying transient storage errors with exponential backoff."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except _PERMANENT:
+            raise
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            if attempt == retries:
+                raise OSError(f"{what} failed after {retries + 1} attempts: {exc}") from exc
+            time.sleep(BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
+
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
@@ -75,12 +105,12 @@ def write_bytes(uri: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, data)
+        with_retries(lambda: fs.pipe_file(path, data), f"writing {uri}")
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = fs_and_path(uri)
-    return fs.cat_file(path)
+    return with_retries(lambda: fs.cat_file(path), f"reading {uri}")
 
 
 def write_json(uri: str, obj: Any) -> None:
