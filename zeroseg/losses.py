@@ -33,6 +33,11 @@ DEFAULT_WEIGHTS = {"multiscale": 1.0, "matching": 1.0, "recon": 1.0, "dense": 0.
 _REDUCTIONS = ("mean", "sum")
 DENSE_MODES = ("mean", "min")
 DEFAULT_LEVELS = (1, 2, 3, 4)
+DISTANCES = ("l1", "cosine")
+
+
+def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return 1.0 - (F.normalize(a, dim=-1) * F.normalize(b, dim=-1)).sum(dim=-1)
 
 
 def _l1(a: torch.Tensor, b: torch.Tensor, dim_reduction: str) -> torch.Tensor:
@@ -40,6 +45,14 @@ def _l1(a: torch.Tensor, b: torch.Tensor, dim_reduction: str) -> torch.Tensor:
         raise ValueError(f"dim_reduction must be one of {_REDUCTIONS}")
     d = (a - b).abs()
     return d.mean(dim=-1) if dim_reduction == "mean" else d.sum(dim=-1)
+
+
+def _distance(a: torch.Tensor, b: torch.Tensor, distance: str, dim_reduction: str) -> torch.Tensor:
+    if distance == "l1":
+        return _l1(a, b, dim_reduction)
+    if distance == "cosine":
+        return _cosine_distance(a, b)
+    raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
 
 
 def multiscale_l1(
@@ -109,26 +122,52 @@ def dense_assignment(
     cell_targets: torch.Tensor,
     mode: str = "mean",
     dim_reduction: str = "mean",
+    distance: str = "l1",
 ) -> torch.Tensor:
     """Expected L1 between a patch's group embedding and its cell target(s).
 
     ``patch_groups`` (B, N', G) soft assignment, ``segments`` (B, G, D), ``cell_targets``
     (B, N', L, D). Over the L levels the distance is averaged (``mean``) or the nearest level is
     taken (``min``: a patch need only agree with one of the cells containing it, which lets
-    segments be finer than any one grid). Averaged over patches and batch.
+    segments be finer than any one grid). ``distance="cosine"`` uses ``1 - cos`` in place of
+    the L1 (``dim_reduction`` is then unused). Averaged over patches and batch.
     """
     if mode not in DENSE_MODES:
         raise ValueError(f"mode must be one of {DENSE_MODES}, got {mode!r}")
-    d = _l1(segments[:, None, :, None, :], cell_targets[:, :, None, :, :], dim_reduction)
+    d = _distance(
+        segments[:, None, :, None, :], cell_targets[:, :, None, :, :], distance, dim_reduction
+    )
     d = d.mean(dim=-1) if mode == "mean" else d.amin(dim=-1)  # (B, N', G)
     return (patch_groups * d).sum(dim=-1).mean()
 
 
 def patch_regression(
-    patch_embeds: torch.Tensor, cell_targets: torch.Tensor, dim_reduction: str = "mean"
+    patch_embeds: torch.Tensor,
+    cell_targets: torch.Tensor,
+    dim_reduction: str = "mean",
+    distance: str = "l1",
 ) -> torch.Tensor:
-    """L1 between each patch's projection (B, N', D) and its cell targets (B, N', L, D)."""
-    return _l1(patch_embeds.unsqueeze(2), cell_targets, dim_reduction).mean()
+    """L1 (or ``1 - cos``) between each patch's projection (B, N', D) and its cell targets
+    (B, N', L, D)."""
+    return _distance(patch_embeds.unsqueeze(2), cell_targets, distance, dim_reduction).mean()
+
+
+def target_center(embeddings, normalize: bool = True, chunk: int = 4096) -> torch.Tensor:
+    """(D,): the mean teacher embedding over every image and view, for ``distill_loss``'s
+    ``target_center``. ``embeddings`` (N, V, D) or (N, D), a tensor or array of any float dtype
+    (e.g. the cache's fp16); rows are L2-normalised first when ``normalize`` (as
+    ``distill_loss`` normalises its targets). Summed in chunks of ``chunk`` images."""
+    total, count = None, 0
+    for i in range(0, len(embeddings), chunk):
+        e = torch.as_tensor(embeddings[i : i + chunk]).float()
+        e = e.reshape(-1, e.shape[-1])
+        if normalize:
+            e = F.normalize(e, dim=-1)
+        total = e.sum(0) if total is None else total + e.sum(0)
+        count += e.shape[0]
+    if total is None:
+        raise ValueError("no embeddings to average")
+    return total / count
 
 
 def distill_loss(
@@ -141,6 +180,7 @@ def distill_loss(
     dense_levels: Sequence[int] = (4,),
     dense_mode: str = "mean",
     levels: Sequence[int] = DEFAULT_LEVELS,
+    target_center: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the ZeroSeg terms for one batch.
 
@@ -149,8 +189,13 @@ def distill_loss(
     (B, V, D) are the teacher embeddings (any float dtype, e.g. fp16 from the cache), laid out
     by ``levels``. Missing weight keys take :data:`DEFAULT_WEIGHTS` (the paper's three terms 1,
     the dense terms 0). ``dense_levels`` / ``dense_mode`` pick the dense targets (see
-    :func:`dense_assignment`). Returns ``(total, terms)``: the unweighted terms (detached) for
-    logging, ``multiscale``, ``matching``, ``recon`` always, ``dense`` / ``patch`` when weighted.
+    :func:`dense_assignment`). ``target_center`` (D,), e.g. the dataset-mean teacher embedding,
+    switches the dense terms to a cosine distance between *centred* vectors: the centre is
+    subtracted from the cell targets and from the student's segments / patch embeddings, so the
+    loss is driven by how a cell differs from the typical cell (which object it holds) rather
+    than by the component all cells share. The paper's terms are unaffected. Returns
+    ``(total, terms)``: the unweighted terms (detached) for logging, ``multiscale``,
+    ``matching``, ``recon`` always, ``dense`` / ``patch`` when weighted.
     """
     w = dict(DEFAULT_WEIGHTS)
     if weights:
@@ -174,9 +219,14 @@ def distill_loss(
         cells = patch_cell_targets(
             targets, out["patch_index"], out["grid_hw"], dense_levels, levels
         )
+        distance, center = "l1", None
+        if target_center is not None:
+            distance, center = "cosine", target_center.to(cells.dtype)
+            cells = cells - center
         if w["dense"]:
+            segs = segments if center is None else segments - center
             terms["dense"] = dense_assignment(
-                out["patch_groups"], segments, cells, dense_mode, dim_reduction
+                out["patch_groups"], segs, cells, dense_mode, dim_reduction, distance
             )
         if w["patch"]:
             if "patch_embeds" not in out:
@@ -186,7 +236,9 @@ def distill_loss(
                 if normalize_student
                 else out["patch_embeds"]
             )
-            terms["patch"] = patch_regression(pe, cells, dim_reduction)
+            if center is not None:
+                pe = pe - center
+            terms["patch"] = patch_regression(pe, cells, dim_reduction, distance)
     total = sum(w[k] * v for k, v in terms.items() if w[k] != 0)
     if not torch.is_tensor(total):  # every weight zero
         total = z.sum() * 0.0

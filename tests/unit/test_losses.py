@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from zeroseg.losses import distill_loss, multiscale_l1, segment_matching
 
@@ -144,3 +145,46 @@ def test_distill_loss_dense_terms_opt_in():
     out["patch_embeds"] = torch.randn(b, n, d)
     _, terms = distill_loss(out, views, weights={"patch": 1.0})
     assert terms["patch"].item() > 0
+
+
+def test_distill_loss_target_center_uses_cosine_on_centred_vectors():
+    from zeroseg.losses import patch_cell_targets, target_center
+
+    torch.manual_seed(4)
+    b, n, g, d = 2, 6, 3, 8
+    views = F.normalize(torch.randn(b, 30, d), dim=-1)
+    out = {
+        "z": torch.randn(b, d),
+        "segments": torch.randn(b, g, d, requires_grad=True),
+        "recon_loss": torch.tensor(0.0),
+        "patch_groups": torch.softmax(torch.randn(b, n, g), -1),
+        "patch_index": torch.stack([torch.randperm(64)[:n].sort().values for _ in range(b)]),
+        "grid_hw": torch.tensor([8, 8]),
+        "patch_embeds": torch.randn(b, n, d),
+    }
+    weights = {"dense": 1.0, "patch": 1.0}
+    _, plain = distill_loss(out, views, weights)
+    center = target_center(views.half().numpy(), chunk=1)
+    assert torch.allclose(center, views.reshape(-1, d).mean(0), atol=2e-3)
+    center = views.reshape(-1, d).mean(0)
+    _, cen = distill_loss(out, views, weights, target_center=center)
+    # the paper's terms do not change; the dense ones become 1 - cos(x - c, t - c)
+    for k in ("multiscale", "matching", "recon"):
+        assert cen[k].item() == pytest.approx(plain[k].item())
+    cells = patch_cell_targets(views, out["patch_index"], (8, 8))[:, :, 0] - center
+    cos = F.cosine_similarity(out["patch_embeds"] - center, cells, dim=-1)
+    assert cen["patch"].item() == pytest.approx((1 - cos).mean().item(), rel=1e-5)
+    seg_cos = F.cosine_similarity(
+        (out["segments"] - center)[:, None], cells[:, :, None], dim=-1
+    )  # (B, N, G)
+    want = (out["patch_groups"] * (1 - seg_cos)).sum(-1).mean()
+    assert cen["dense"].item() == pytest.approx(want.item(), rel=1e-5)
+    # a segment equal to its cells' target up to the shared centre has zero dense loss
+    one = {**out, "patch_groups": torch.zeros(b, n, g)}
+    one["patch_groups"][..., 0] = 1.0
+    one["patch_index"] = torch.zeros(b, n, dtype=torch.long)  # all patches in cell (0, 0)
+    target = views[:, 14]  # level-4 cell (0, 0)
+    one["segments"] = torch.stack([target, target * 0, target * 0], dim=1) + 0.0
+    one["segments"] = center + 2.0 * (one["segments"] - center)  # same direction from c
+    _, t = distill_loss(one, views, {"dense": 1.0}, target_center=center)
+    assert t["dense"].item() == pytest.approx(0.0, abs=1e-5)
