@@ -62,7 +62,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import prepare_model
 
-    from zeroseg.losses import distill_loss
+    from zeroseg.losses import distill_loss, target_center
     from zeroseg.models import build_student
 
     ctx = ray.train.get_context()
@@ -103,6 +103,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
     # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.
     unused = tc["mask_ratio"] == 0 or any(v == 0 for v in weights.values())
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
+    # The same centre on every rank: the mean over every cached image, not a worker's slice.
+    center = target_center(emb_all) if tc["center_targets"] else None
     gen = torch.Generator().manual_seed(tc["seed"] * 1000 + rank)
 
     def save(final: bool) -> None:
@@ -141,7 +143,9 @@ def _train_loop(loop: dict[str, Any]) -> None:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, total_steps, warmup, base_lr)
             out = model(x, mask_ratio=tc["mask_ratio"], generator=gen)
-            total, terms = distill_loss(out, views, weights, levels=loop["levels"])
+            total, terms = distill_loss(
+                out, views, weights, levels=loop["levels"], target_center=center
+            )
             opt.zero_grad(set_to_none=True)
             total.backward()
             if tc["grad_clip"] > 0:

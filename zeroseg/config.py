@@ -125,6 +125,9 @@ class TrainConfig:
     # (docs/student_research.md).
     w_dense: float = 0.0
     w_patch: float = 0.0
+    # Score the per-patch terms as cosine after subtracting the dataset-mean teacher embedding,
+    # so differences between classes dominate them (docs/student_research.md).
+    center_targets: bool = False
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 = run all epochs; >0 caps the step count (smoke tests)
 

@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 def test_pipeline_on_s3(ray_local, s3_server, teacher_cache):
     fs = s3fs.S3FileSystem()
     fs.mkdir("zeroseg-it")
-    cfg = load_config("jobs/demo.yaml", tiny_overrides("s3://zeroseg-it/run", teacher_cache))
+    # also exercises the centred per-patch targets in the train loop
+    overrides = [*tiny_overrides("s3://zeroseg-it/run", teacher_cache), "train.center_targets=true"]
+    cfg = load_config("jobs/demo.yaml", overrides)
     summary = run_all(cfg, log=lambda *_: None)
     stored = json.loads(fs.cat_file("zeroseg-it/run/summary.json"))
     assert stored["student"]["miou"] == pytest.approx(summary["student"]["miou"])
