@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import posixpath
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -158,25 +157,6 @@ def file_signature(uri: str) -> dict[str, Any]:
             sig[key.lower()] = str(info[key])
             break
     return sig
-
-
-def local_copy(uri: str, cache_dir: str | None = None) -> str:
-    """A local path for a file that may live on any fsspec URL (downloaded once)."""
-    if is_local(uri):
-        return normalize(uri)
-    import hashlib
-    import tempfile
-
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    base = cache_dir or os.path.join(tempfile.gettempdir(), "zeroseg-remote")
-    os.makedirs(base, exist_ok=True)
-    dest = os.path.join(base, f"{digest}-{posixpath.basename(uri)}")
-    if not os.path.exists(dest):
-        tmp = dest + f".tmp-{uuid.uuid4().hex[:8]}"
-        fs, path = fs_and_path(uri)
-        fs.get_file(path, tmp)
-        os.replace(tmp, dest)
-    return dest
 
 
 def zarr_store(uri: str, read_only: bool = False):

@@ -7,8 +7,7 @@ value of the wrong type raises :class:`ConfigError` naming the dotted key.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -270,21 +269,3 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     raise TypeError(f"not a config: {type(cfg)!r}")
-
-
-def section_dict(cfg: Config, *names: str) -> dict[str, Any]:
-    """The named sections only: what a stage's fingerprint depends on."""
-    full = config_to_dict(cfg)
-    return {n: full[n] for n in names}
-
-
-def to_yaml(cfg: Config) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
-
-
-def to_json(cfg: Config) -> str:
-    return json.dumps(config_to_dict(cfg), indent=2, sort_keys=True)
-
-
-def field_names(section: type) -> list[str]:
-    return [f.name for f in fields(section)]
