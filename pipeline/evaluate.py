@@ -23,22 +23,42 @@ from .runner import StageDir, code_version, fingerprint, now, write_run_info
 PROTOCOL_VERSION = 1
 
 
-def protocol(cfg: Config, class_names: list[str]) -> dict[str, Any]:
-    """Everything that defines how a benchmark is scored; versioned and saved with metrics."""
+def protocol(cfg: Config, class_names: list[str], input_size: int) -> dict[str, Any]:
+    """Everything that defines how a benchmark is scored; versioned and saved with metrics.
+
+    The pinned protocol (``eval.protocol``, default the benchmark's name) fixes the background
+    rule and the resize / sliding window; only a protocol that tunes on the validation split
+    sweeps ``eval.background_rules``.
+    """
+    from zeroseg.protocols import load_protocol
+
+    pinned = load_protocol(protocol_name(cfg)).resolved(input_size)
+    tune = pinned.tuned_on_val and cfg.eval.tune_on_val
+    if pinned.tuned_on_val:
+        rules = list(cfg.eval.background_rules) if tune else list(cfg.eval.background_rules[:1])
+    else:
+        rules = [pinned.background]
     return {
         "name": cfg.eval.benchmark,
+        "pinned": pinned.to_dict(),
         "version": PROTOCOL_VERSION,
         "classes": class_names,
         "templates": list(cfg.teacher.templates),
         "background_prompt": "background",
-        "prob_scale": cfg.eval.prob_scale,
-        "background_rules": list(cfg.eval.background_rules)
-        if cfg.eval.tune_on_val
-        else list(cfg.eval.background_rules[:1]),
-        "rule_selection": "best mIoU on the validation split" if cfg.eval.tune_on_val else "fixed",
+        "prob_scale": pinned.prob_scale,
+        "background_rules": rules,
+        "tune_on_val": tune,
+        "rule_selection": "best mIoU on the validation split" if tune else "fixed",
         "dense_input_size": cfg.eval.dense_input_size or None,
-        "input_size": "resized to the training crop size; predictions at the mask's resolution",
+        "input_size": (
+            f"short side {pinned.short_side}, windows {pinned.window} / stride {pinned.stride}; "
+            "predictions at the mask's resolution"
+        ),
     }
+
+
+def protocol_name(cfg: Config) -> str:
+    return cfg.eval.protocol or cfg.eval.benchmark
 
 
 def _read_split(uri: str) -> tuple[list[str], list[str]]:
@@ -69,8 +89,7 @@ class Scorer:
         self,
         final_uri: str,
         class_names: list[str],
-        templates: list[str],
-        dense_input_size: int | None = None,
+        proto: dict[str, Any],
     ):
         from zeroseg.predict import text_embeddings
         from zeroseg.teacher import Teacher
@@ -83,9 +102,12 @@ class Scorer:
             t["model"], t["pretrained"] or None, normalize=self.info.get("teacher_normalize", True)
         )
         # class_names[0] is the benchmark's background; the background prompt takes its place.
-        self.text = text_embeddings(self.teacher, class_names[1:], templates)
-        self.size = int(self.info["views"]["crop_size"])
-        self.dense_input_size = dense_input_size
+        self.text = text_embeddings(self.teacher, class_names[1:], proto["templates"])
+        pinned = proto["pinned"]
+        self.size = int(pinned["short_side"])
+        self.window, self.stride = int(pinned["window"]), int(pinned["stride"])
+        self.crop_size = int(self.info["views"]["crop_size"])
+        self.dense_input_size = proto["dense_input_size"]
 
     def cosines(self, method: str, image: np.ndarray):
         from zeroseg.predict import method_cosines
@@ -98,6 +120,8 @@ class Scorer:
             teacher=self.teacher,
             size=self.size,
             dense_input_size=self.dense_input_size,
+            window=self.window,
+            stride=self.stride,
         )
 
 
@@ -117,7 +141,7 @@ def eval_part(
 
     torch.set_num_threads(max(1, threads))
     rules = proto["background_rules"]
-    scorer = Scorer(final_uri, class_names, proto["templates"], proto["dense_input_size"])
+    scorer = Scorer(final_uri, class_names, proto)
     k = len(class_names)
     conf = {m: np.zeros((len(rules), k, k), np.int64) for m in METHODS}
     for uri in images:
@@ -139,7 +163,7 @@ def eval_fingerprint(cfg: Config, final_uri: str, proto: dict[str, Any]) -> str:
         {
             "weights": {"uri": storage.normalize(weights), **storage.file_signature(weights)},
             "bench": storage.normalize(cfg.data.bench),
-            "val": storage.normalize(cfg.data.val) if cfg.eval.tune_on_val else None,
+            "val": storage.normalize(cfg.data.val) if proto["tune_on_val"] else None,
             "protocol": proto,
         }
     )
@@ -151,12 +175,13 @@ def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
     from tqdm import tqdm
 
     class_names, bench_images = _read_split(cfg.data.bench)
+    student_info = storage.read_json(storage.join(final_uri, "config.json"))
+    proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]))
     splits = {"bench": bench_images}
-    if cfg.eval.tune_on_val:
+    if proto["tune_on_val"]:
         val_classes, splits["val"] = _read_split(cfg.data.val)
         if val_classes != class_names:
             raise ValueError("validation and benchmark splits have different classes.json")
-    proto = protocol(cfg, class_names)
     fp = eval_fingerprint(cfg, final_uri, proto)
     stage = StageDir(
         storage.join(cfg.storage.root, "eval", fp, cfg.eval.benchmark), marker_dir="parts"
@@ -231,7 +256,7 @@ def finalize_eval(
 
     rules = proto["background_rules"]
     bench = _sum_parts(stage, units, per, "bench")
-    val = _sum_parts(stage, units, per, "val") if cfg.eval.tune_on_val else None
+    val = _sum_parts(stage, units, per, "val") if proto["tune_on_val"] else None
 
     def miou_by_rule(conf: np.ndarray) -> list[float]:
         return [scores_from_confusion(conf[i], class_names)["miou"] for i in range(len(rules))]
@@ -279,7 +304,7 @@ def draw_overlays(
     from zeroseg.predict import BASELINES, apply_rule
 
     _, images = _read_split(cfg.data.bench)
-    scorer = Scorer(final_uri, class_names, proto["templates"], proto["dense_input_size"])
+    scorer = Scorer(final_uri, class_names, proto)
     chosen = {
         "student": metrics["student"]["rule"],
         **{m: v["rule"] for m, v in metrics["baselines"].items()},

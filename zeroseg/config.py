@@ -17,6 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 __all__ = [
     "MISSING",
     "Config",
+    "actor_range",
     "ConfigError",
     "load_config",
     "config_to_dict",
@@ -35,7 +36,8 @@ class StorageConfig:
 
 @dataclass
 class DataConfig:
-    # Unlabeled training images (folder / prefix of image files under any fsspec URL).
+    # Unlabeled training images on any fsspec URL: a folder / prefix (recursive), a list file
+    # (.txt / .lst one URI per line, .parquet with a `uri` column) or .tar shards of images.
     train: str = "${storage.root}/data/train"
     # Labeled benchmark split (images/ + masks/ + classes.json) used by eval.
     bench: str = "${storage.root}/data/bench"
@@ -87,9 +89,16 @@ class ViewsConfig:
 class ExtractConfig:
     images_per_shard: int = 128
     batch_size: int = 64
+    # Teacher actor pool: a fixed pool of num_actors, or an autoscaling one between
+    # min_actors and max_actors (0 = num_actors). None of these change the cache.
     num_actors: int = 1
+    min_actors: int = 0
+    max_actors: int = 0
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
+    # Custom Ray resource every actor asks for (a tiny amount), so the pool runs only on nodes
+    # that offer it, e.g. an extraction worker group started with --resources.
+    resource_label: str = ""
     max_retries: int = 2
     mode: str = "resume"  # resume | overwrite
     redo_shards: list[int] = field(default_factory=list)
@@ -134,6 +143,9 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     benchmark: str = "shapes"
+    # Pinned protocol in zeroseg/protocol_configs (background rule, short side, sliding window);
+    # empty = the benchmark's name. voc / context / coco_object fix the paper's thresholds.
+    protocol: str = ""
     images_per_task: int = 50
     num_cpus_per_task: float = 1.0
     # How pixels become background, each scored in the same pass: "prompt" (a background text
@@ -208,6 +220,14 @@ def _check(cfg: Config) -> None:
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:
             problems.append((key, "must be >= 1"))
+    for key in ("extract.min_actors", "extract.max_actors"):
+        if getattr(cfg.extract, key.split(".")[1]) < 0:
+            problems.append((key, "must be >= 0 (0 = extract.num_actors)"))
+    lo, hi = actor_range(cfg.extract)
+    if lo > hi:
+        problems.append(("extract.min_actors", f"{lo} is above extract.max_actors={hi}"))
+    if cfg.extract.cpus_per_actor < 0 or cfg.extract.gpus_per_actor < 0:
+        problems.append(("extract.cpus_per_actor/gpus_per_actor", "must be >= 0"))
     if not cfg.storage.root:
         problems.append(("storage.root", "must not be empty"))
     for rule in cfg.eval.background_rules:
@@ -218,8 +238,21 @@ def _check(cfg: Config) -> None:
             problems.append(("eval.background_rules", f"bad rule {rule!r}"))
     if not cfg.eval.background_rules:
         problems.append(("eval.background_rules", "must not be empty"))
+    from .protocols import list_protocols
+
+    proto = cfg.eval.protocol or cfg.eval.benchmark
+    if proto not in list_protocols():
+        key = "eval.protocol" if cfg.eval.protocol else "eval.benchmark"
+        problems.append((key, f"no pinned protocol {proto!r}; known: {list_protocols()}"))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def actor_range(extract: ExtractConfig) -> tuple[int, int]:
+    """``(min, max)`` size of the extraction actor pool; equal bounds mean a fixed pool."""
+    lo = extract.min_actors or extract.num_actors
+    hi = extract.max_actors or max(extract.num_actors, lo)
+    return lo, hi
 
 
 def _is_float(text: str) -> bool:

@@ -112,3 +112,48 @@ def grid_score_map(
     rows = torch.arange(h, device=cos.device) * gh // h
     cols = torch.arange(w, device=cos.device) * gw // w
     return cos[rows[:, None], cols[None, :]].permute(2, 0, 1)
+
+
+def short_side_size(hw: tuple[int, int], short_side: int, multiple: int = 1) -> tuple[int, int]:
+    """(H, W) scaled so the short side is ``short_side``, each side rounded to ``multiple``."""
+    h, w = hw
+    s = short_side / min(h, w)
+    return tuple(max(multiple, int(round(v * s / multiple)) * multiple) for v in (h, w))
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering ``[0, length)``; the last window is flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] + window < length:
+        starts.append(length - window)
+    return starts
+
+
+def sliding_window_scores(
+    score_fn,
+    image: torch.Tensor,
+    window: int,
+    stride: int,
+) -> torch.Tensor:
+    """Average the ``(C, window, window)`` score maps of overlapping windows over an image.
+
+    ``image`` (3, H, W); ``score_fn`` maps a (1, 3, window, window) crop to its (C, window,
+    window) scores. A side shorter than the window is zero-padded (and the padding cropped
+    from the result). Returns (C, H, W).
+    """
+    _, h, w = image.shape
+    ph, pw = max(h, window), max(w, window)
+    if (ph, pw) != (h, w):
+        image = F.pad(image, (0, pw - w, 0, ph - h))
+    total = count = None
+    for y in window_starts(ph, window, stride):
+        for x in window_starts(pw, window, stride):
+            scores = score_fn(image[None, :, y : y + window, x : x + window])
+            if total is None:
+                total = scores.new_zeros((scores.shape[0], ph, pw))
+                count = scores.new_zeros((1, ph, pw))
+            total[:, y : y + window, x : x + window] += scores
+            count[:, y : y + window, x : x + window] += 1
+    return (total / count)[:, :h, :w]

@@ -19,7 +19,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .inference import dense_score_map, grid_score_map, labels_from_scores, pixel_class_scores
+from .inference import (
+    dense_score_map,
+    grid_score_map,
+    labels_from_scores,
+    pixel_class_scores,
+    short_side_size,
+    sliding_window_scores,
+)
 from .views import cut_views
 
 METHODS = ("student", "grid_crop", "maskclip_dense", "all_background")
@@ -45,24 +52,46 @@ def text_embeddings(teacher, class_names: Sequence[str], templates: Sequence[str
     return teacher.encode_text([BACKGROUND_NAME, *class_names], list(templates))
 
 
-def image_tensor(image: np.ndarray, size: int | None) -> torch.Tensor:
-    """``(H, W, 3)`` uint8 -> ``(1, 3, s, s)`` float in [0, 1] (resized when ``size``)."""
+def image_tensor(image: np.ndarray, size: int | tuple[int, int] | None) -> torch.Tensor:
+    """``(H, W, 3)`` uint8 -> ``(1, 3, h, w)`` float in [0, 1], resized to ``size`` (a side
+    or ``(h, w)``) when given."""
     x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
     x = x.float() / 255.0
-    if size is not None and x.shape[-2:] != (size, size):
-        x = F.interpolate(
-            x, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-        )
+    hw = (size, size) if isinstance(size, int) else size
+    if hw is not None and tuple(x.shape[-2:]) != tuple(hw):
+        x = F.interpolate(x, size=tuple(hw), mode="bilinear", align_corners=False, antialias=True)
     return x
 
 
 @torch.no_grad()
-def student_cosines(student, image: np.ndarray, text: torch.Tensor, size: int) -> torch.Tensor:
-    """Pixel -> its group (the student's composed soft assignment) -> the group's cosines."""
+def student_cosines(
+    student,
+    image: np.ndarray,
+    text: torch.Tensor,
+    size: int,
+    window: int | None = None,
+    stride: int | None = None,
+) -> torch.Tensor:
+    """Pixel -> its group (the student's composed soft assignment) -> the group's cosines.
+
+    The evaluation protocol: the short side is resized to ``size`` (aspect kept, sides rounded
+    to the patch size), windows of ``window`` (default ``size``) slide with ``stride``
+    (default ``window``), overlapping windows' cosine maps are averaged, and the map is
+    resized bilinearly back to the image.
+    """
     h, w = image.shape[:2]
-    segments, pixel_groups = student.segment(image_tensor(image, size))
-    groups = F.interpolate(pixel_groups, size=(h, w), mode="bilinear", align_corners=False)[0]
-    return pixel_class_scores(groups, segments[0], text)
+    window = window or size
+    resized = short_side_size((h, w), size, student.cfg.patch_size)
+    x = image_tensor(image, resized)[0]
+
+    def window_scores(crop: torch.Tensor) -> torch.Tensor:
+        segments, pixel_groups = student.segment(crop)
+        return pixel_class_scores(pixel_groups[0], segments[0], text)
+
+    cos = sliding_window_scores(window_scores, x, window, stride or window)
+    if tuple(cos.shape[-2:]) != (h, w):
+        cos = F.interpolate(cos[None], size=(h, w), mode="bilinear", align_corners=False)[0]
+    return cos
 
 
 @torch.no_grad()
@@ -95,10 +124,14 @@ def method_cosines(
     teacher=None,
     size: int,
     dense_input_size: int | None = None,
+    window: int | None = None,
+    stride: int | None = None,
 ) -> torch.Tensor | None:
-    """``(1 + C, H, W)`` cosines of one method; None for ``all_background``."""
+    """``(1 + C, H, W)`` cosines of one method; None for ``all_background``. ``size`` is the
+    student's short side (and the grid-crop's square input); ``window`` / ``stride`` its sliding
+    window."""
     if method == "student":
-        return student_cosines(student, image, text, size)
+        return student_cosines(student, image, text, size, window, stride)
     if method == "grid_crop":
         return grid_cosines(teacher, image, text, size, 4)
     if method == "maskclip_dense":

@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+
+from zeroseg.config import ConfigError, load_config
+from zeroseg.inference import short_side_size, sliding_window_scores, window_starts
+from zeroseg.models import build_student
+from zeroseg.predict import student_cosines
+from zeroseg.protocols import list_protocols, load_protocol
+
+
+def test_pinned_paper_thresholds_and_windows():
+    assert {"voc", "context", "coco_object", "shapes"} <= set(list_protocols())
+    expected = {
+        "voc": "threshold:0.95",
+        "context": "threshold:0.05",
+        "coco_object": "threshold:0.35",
+    }
+    for name, rule in expected.items():
+        p = load_protocol(name)
+        assert p.background == rule and not p.tuned_on_val
+        assert (p.short_side, p.window, p.stride, p.prob_scale) == (448, 448, 224, 100.0)
+    shapes = load_protocol("shapes")
+    assert shapes.tuned_on_val
+    assert shapes.resolved(64).to_dict()["short_side"] == 64
+    assert (shapes.resolved(64).window, shapes.resolved(64).stride) == (64, 64)
+
+
+def test_unknown_protocol_is_a_clear_error():
+    with pytest.raises(KeyError, match="known"):
+        load_protocol("imagenet")
+    with pytest.raises(ConfigError, match="eval.protocol"):
+        load_config(None, ["eval.protocol=nope"])
+    with pytest.raises(ConfigError, match="eval.benchmark"):
+        load_config(None, ["eval.benchmark=nope"])
+
+
+def test_window_starts_cover_and_end_flush():
+    assert window_starts(448, 448, 224) == [0]
+    assert window_starts(600, 448, 224) == [0, 152]
+    assert window_starts(900, 448, 224) == [0, 224, 448, 452]
+    assert window_starts(100, 448, 224) == [0]
+    assert short_side_size((375, 500), 448, 16) == (448, 592)
+    assert short_side_size((64, 64), 64, 8) == (64, 64)
+
+
+def test_sliding_window_averages_overlaps_and_crops_padding():
+    # Each window scores every pixel with its own left offset: overlaps must average them.
+    img = torch.zeros(3, 4, 10)
+    seen = []
+
+    def score(crop):
+        seen.append(tuple(crop.shape))
+        return torch.full((1, 4, 4), float(len(seen)))
+
+    out = sliding_window_scores(score, img, window=4, stride=3)
+    assert out.shape == (1, 4, 10)
+    # windows at x = 0, 3, 6 -> values 1, 2, 3; columns 3 and 6 are shared.
+    assert out[0, 0].tolist() == [1, 1, 1, 1.5, 2, 2, 2.5, 3, 3, 3]
+    assert all(s == (1, 3, 4, 4) for s in seen)
+    # a side shorter than the window is padded, and the padding cropped away
+    small = sliding_window_scores(lambda c: c[0, :1] + 1, torch.zeros(3, 2, 5), 4, 4)
+    assert small.shape == (1, 2, 5) and torch.all(small == 1)
+
+
+def test_student_cosines_on_non_square_images_keep_the_image_size():
+    torch.manual_seed(0)
+    student = build_student("student-tiny", 16).eval()
+    text = torch.randn(4, 16)
+    rng = np.random.default_rng(0)
+    square = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    wide = rng.integers(0, 255, (48, 100, 3), dtype=np.uint8)
+    one = student_cosines(student, square, text, 64)
+    assert one.shape == (4, 64, 64)
+    # one window, no resize: identical to classifying the student's own segmentation
+    segs, groups = student.segment(torch.from_numpy(square).permute(2, 0, 1)[None].float() / 255)
+    norm = torch.nn.functional.normalize
+    ref = (norm(segs[0], dim=-1) @ norm(text, dim=-1).T)[groups[0].argmax(0)].permute(2, 0, 1)
+    assert torch.allclose(one, ref, atol=1e-5)
+    out = student_cosines(student, wide, text, 64, window=64, stride=32)
+    assert out.shape == (4, 48, 100)
