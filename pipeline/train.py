@@ -62,7 +62,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import prepare_model
 
-    from zeroseg.losses import distill_loss, target_center
+    from zeroseg.losses import distill_loss, target_center, view_indices
     from zeroseg.models import build_student
 
     ctx = ray.train.get_context()
@@ -75,6 +75,9 @@ def _train_loop(loop: dict[str, Any]) -> None:
     if len(rows) < world:
         raise RuntimeError(f"cache has {len(rows)} usable images for {world} workers")
     pixels_all, emb_all = reader.read_rows(rows)  # small caches fit in memory here
+    levels = list(tc["view_levels"] or loop["levels"])
+    if levels != list(loop["levels"]):
+        emb_all = emb_all[:, view_indices(loop["levels"], levels)]
     per_rank = len(rows) // world
     batch = max(1, min(tc["batch_size"] // world, per_rank))
     steps_per_epoch = max(1, per_rank // batch)
@@ -101,7 +104,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
             print(f"[train] resumed from checkpoint at step {step}")
     weights = {k: tc[f"w_{k}"] for k in ("multiscale", "matching", "recon", "dense", "patch")}
     # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.
-    unused = tc["mask_ratio"] == 0 or any(v == 0 for v in weights.values())
+    unused = tc["mask_ratio"] == 0 or len(levels) == 1 or any(v == 0 for v in weights.values())
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
     # The same centre on every rank: the mean over every cached image, not a worker's slice.
     center = target_center(emb_all) if tc["center_targets"] else None
@@ -144,7 +147,13 @@ def _train_loop(loop: dict[str, Any]) -> None:
                 g["lr"] = lr_at(step, total_steps, warmup, base_lr)
             out = model(x, mask_ratio=tc["mask_ratio"], generator=gen)
             total, terms = distill_loss(
-                out, views, weights, levels=loop["levels"], target_center=center
+                out,
+                views,
+                weights,
+                levels=levels,
+                dense_levels=(max(levels),),
+                target_center=center,
+                multiscale_views=tc["multiscale_views"],
             )
             opt.zero_grad(set_to_none=True)
             total.backward()

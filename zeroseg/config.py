@@ -136,6 +136,12 @@ class TrainConfig:
     # Score the per-patch terms as cosine after subtracting the dataset-mean teacher embedding,
     # so differences between classes dominate them (docs/student_research.md).
     center_targets: bool = False
+    # Grid levels of the cache that training uses (empty = every cached level): the grid
+    # ablation trains on a subset of one cache. Must include 1. The per-patch terms use the
+    # finest level in use.
+    view_levels: list[int] = field(default_factory=list)
+    # "all": z is distilled to every view (the paper); "global": to the whole image v1 only.
+    multiscale_views: str = "all"
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 = run all epochs; >0 caps the step count (smoke tests)
 
@@ -228,6 +234,14 @@ def _check(cfg: Config) -> None:
         problems.append(("extract.min_actors", f"{lo} is above extract.max_actors={hi}"))
     if cfg.extract.cpus_per_actor < 0 or cfg.extract.gpus_per_actor < 0:
         problems.append(("extract.cpus_per_actor/gpus_per_actor", "must be >= 0"))
+    if cfg.train.view_levels and 1 not in cfg.train.view_levels:
+        problems.append(("train.view_levels", "must contain 1 (the whole-image view v1)"))
+    if set(cfg.train.view_levels) - set(cfg.views.levels):
+        problems.append(
+            ("train.view_levels", f"must be a subset of views.levels {cfg.views.levels}")
+        )
+    if cfg.train.multiscale_views not in ("all", "global"):
+        problems.append(("train.multiscale_views", "must be 'all' or 'global'"))
     if not cfg.storage.root:
         problems.append(("storage.root", "must not be empty"))
     for rule in cfg.eval.background_rules:

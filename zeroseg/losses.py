@@ -34,6 +34,7 @@ _REDUCTIONS = ("mean", "sum")
 DENSE_MODES = ("mean", "min")
 DEFAULT_LEVELS = (1, 2, 3, 4)
 DISTANCES = ("l1", "cosine")
+MULTISCALE_VIEWS = ("all", "global")
 
 
 def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -181,6 +182,7 @@ def distill_loss(
     dense_mode: str = "mean",
     levels: Sequence[int] = DEFAULT_LEVELS,
     target_center: torch.Tensor | None = None,
+    multiscale_views: str = "all",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the ZeroSeg terms for one batch.
 
@@ -193,7 +195,9 @@ def distill_loss(
     switches the dense terms to a cosine distance between *centred* vectors: the centre is
     subtracted from the cell targets and from the student's segments / patch embeddings, so the
     loss is driven by how a cell differs from the typical cell (which object it holds) rather
-    than by the component all cells share. The paper's terms are unaffected. Returns
+    than by the component all cells share. The paper's terms are unaffected.
+    ``multiscale_views="global"`` distils z to the whole-image view v1 only (the paper's
+    ablation base) instead of every view. Returns
     ``(total, terms)``: the unweighted terms (detached) for logging, ``multiscale``,
     ``matching``, ``recon`` always, ``dense`` / ``patch`` when weighted.
     """
@@ -210,9 +214,15 @@ def distill_loss(
     if normalize_student:
         z = F.normalize(z, dim=-1)
         segments = F.normalize(segments, dim=-1)
+    if multiscale_views not in MULTISCALE_VIEWS:
+        raise ValueError(f"multiscale_views must be one of {MULTISCALE_VIEWS}")
+    z_targets = targets if multiscale_views == "all" else targets[:, :1]
     terms = {
-        "multiscale": multiscale_l1(z, targets, dim_reduction),
-        "matching": segment_matching(segments, targets[:, 1:], dim_reduction),
+        "multiscale": multiscale_l1(z, z_targets, dim_reduction),
+        # a {1}-only grid has no local views to match
+        "matching": segment_matching(segments, targets[:, 1:], dim_reduction)
+        if targets.shape[1] > 1
+        else z.new_zeros(()),
         "recon": out["recon_loss"],
     }
     if w["dense"] or w["patch"]:
@@ -243,3 +253,17 @@ def distill_loss(
     if not torch.is_tensor(total):  # every weight zero
         total = z.sum() * 0.0
     return total, {k: v.detach() for k, v in terms.items()}
+
+
+def view_indices(levels: Sequence[int], subset: Sequence[int]) -> list[int]:
+    """Positions of the views of grid levels ``subset`` in a view stack laid out by ``levels``
+    (level by level, row-major), e.g. to train on grids {1, 3} of a {1, 2, 3, 4} cache."""
+    missing = sorted(set(subset) - set(levels))
+    if missing:
+        raise ValueError(f"grid levels {missing} are not in the cache (it has {list(levels)})")
+    out, start = [], 0
+    for n in levels:
+        if n in subset:
+            out.extend(range(start, start + n * n))
+        start += n * n
+    return out

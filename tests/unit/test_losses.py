@@ -188,3 +188,31 @@ def test_distill_loss_target_center_uses_cosine_on_centred_vectors():
     one["segments"] = center + 2.0 * (one["segments"] - center)  # same direction from c
     _, t = distill_loss(one, views, {"dense": 1.0}, target_center=center)
     assert t["dense"].item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_view_indices_select_grid_levels_of_the_cache():
+    from zeroseg.losses import view_indices
+
+    assert view_indices([1, 2, 3, 4], [1, 2, 3, 4]) == list(range(30))
+    assert view_indices([1, 2, 3, 4], [1]) == [0]
+    assert view_indices([1, 2, 3, 4], [1, 3]) == [0, *range(5, 14)]
+    with pytest.raises(ValueError, match="not in the cache"):
+        view_indices([1, 2, 3, 4], [1, 5])
+
+
+def test_multiscale_global_only_and_grid_one_has_no_matching():
+    torch.manual_seed(0)
+    out = {
+        "z": torch.randn(2, 8),
+        "segments": torch.randn(2, 4, 8),
+        "recon_loss": torch.tensor(0.0),
+    }
+    views = F.normalize(torch.randn(2, 30, 8), dim=-1)
+    _, glob = distill_loss(out, views, multiscale_views="global")
+    assert glob["multiscale"].item() == pytest.approx(multiscale_l1(out["z"], views[:, :1]).item())
+    _, both = distill_loss(out, views)
+    assert both["multiscale"].item() == pytest.approx(multiscale_l1(out["z"], views).item())
+    _, one = distill_loss(out, views[:, :1], levels=(1,))
+    assert one["matching"].item() == 0.0
+    with pytest.raises(ValueError, match="multiscale_views"):
+        distill_loss(out, views, multiscale_views="local")
