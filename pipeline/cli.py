@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even when cached")
 
-    p = sub.add_parser("status", help="done / pending units of a stage folder")
+    p = sub.add_parser(
+        "status", help="done / pending / failed shards, images/s, ETA and skip reasons"
+    )
     p.add_argument("stage_dir")
 
     p = sub.add_parser("data", help="generate datasets")
@@ -258,12 +260,13 @@ def _dispatch(args, parser) -> int:
 def _finished_cache(cfg) -> str:
     """The cache this config's extract stage produces; an actionable error if missing."""
     from . import storage
-    from .extract import extract_fingerprint, list_training_images, stage_uri
+    from .extract import extract_fingerprint, stage_uri
+    from .inputs import plan_inputs
     from .runner import StageDir
     from .teachers import resolve_teacher
 
     teacher = resolve_teacher(cfg)
-    uri = stage_uri(cfg, extract_fingerprint(cfg, teacher, list_training_images(cfg.data.train)))
+    uri = stage_uri(cfg, extract_fingerprint(cfg, teacher, plan_inputs(cfg.data.train)))
     if not StageDir(uri).succeeded():
         raise FileNotFoundError(
             f"no finished teacher cache for this config at {storage.normalize(uri)}; run "

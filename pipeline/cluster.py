@@ -21,9 +21,13 @@ def ensure_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        # The dashboard serves Ray's state API, which Ray Train's controller polls.
+        # The dashboard serves Ray's state API, which Ray Train's controller polls. A local
+        # node offers extract.resource_label itself, so a config pinned to an extraction
+        # worker group also runs on a laptop.
+        label = cfg.extract.resource_label
         ray.init(
             num_cpus=cfg.ray.num_cpus or None,
+            resources={label: 1.0} if label else None,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             **kwargs,

@@ -13,6 +13,21 @@ class PreflightError(RuntimeError):
     """Storage or input problems found before any cluster work; the message says what to fix."""
 
 
+CREDENTIALS_HINT = (
+    "the storage refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+    "(or AWS_PROFILE, AWS_ENDPOINT_URL) in the environment and that they may {what} there"
+)
+
+
+def _hint(exc: Exception, what: str, uri: str) -> str:
+    if isinstance(exc, PermissionError) and not storage.is_local(uri):
+        return CREDENTIALS_HINT.format(what=what)
+    return (
+        f"check that the bucket or folder exists and that the credentials in the environment may "
+        f"{what} there"
+    )
+
+
 def check_writable(uri: str, what: str) -> None:
     """Write and delete a probe object: catches a missing bucket or a read-only credential."""
     probe = storage.join(uri, f".zeroseg-probe-{uuid.uuid4().hex[:8]}")
@@ -21,8 +36,7 @@ def check_writable(uri: str, what: str) -> None:
         storage.remove(probe, recursive=False)
     except Exception as exc:  # the storage backend decides the type; we only add context
         raise PreflightError(
-            f"cannot write to {what}={uri}: {type(exc).__name__}: {exc}. Check that the bucket "
-            "or folder exists and that the credentials in the environment may write there."
+            f"cannot write to {what}={uri}: {type(exc).__name__}: {exc}; {_hint(exc, 'write', uri)}"
         ) from None
 
 
@@ -30,7 +44,9 @@ def check_readable_folder(uri: str, what: str) -> None:
     try:
         found = storage.exists(uri)
     except Exception as exc:
-        raise PreflightError(f"cannot read {what}={uri}: {type(exc).__name__}: {exc}") from None
+        raise PreflightError(
+            f"cannot read {what}={uri}: {type(exc).__name__}: {exc}; {_hint(exc, 'read', uri)}"
+        ) from None
     if not found:
         raise PreflightError(f"{what}={uri} does not exist")
 

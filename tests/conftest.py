@@ -40,8 +40,11 @@ def ray_local(s3_server):
     import ray
 
     if not ray.is_initialized():
+        # The node offers a custom resource, as an extraction worker group would, so tests can
+        # pin the extract actor pool to it (extract.resource_label).
         ray.init(
             num_cpus=2,
+            resources={"extract_worker": 1},
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             logging_level="WARNING",

@@ -54,3 +54,107 @@ def test_missing_bucket_fails_before_ray(s3_server, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 1, out.stderr
     assert "cannot write to storage.root=s3://zeroseg-no-such-bucket/run" in out.stderr
+
+
+AUTH_SERVER = """
+import sys
+from moto.server import ThreadedMotoServer
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@pytest.fixture
+def s3_with_auth():
+    """A second S3-protocol server that checks credentials: its first 4 requests (bucket, IAM
+    user, access key, policy) are unauthenticated, every later one must be signed by a known
+    key. Runs in its own process, since moto reads that switch once per process."""
+    import os
+    import subprocess
+    import sys
+
+    import boto3
+
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AUTH_SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    try:
+        endpoint = f"http://127.0.0.1:{int(proc.stdout.readline())}"
+        admin = {
+            "endpoint_url": endpoint,
+            "region_name": "us-east-1",
+            "aws_access_key_id": "bootstrap",
+            "aws_secret_access_key": "bootstrap",
+        }
+        boto3.client("s3", **admin).create_bucket(Bucket="zeroseg-auth")
+        iam = boto3.client("iam", **admin)
+        iam.create_user(UserName="extractor")
+        key = iam.create_access_key(UserName="extractor")["AccessKey"]
+        policy = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+        }
+        iam.put_user_policy(
+            UserName="extractor", PolicyName="s3", PolicyDocument=json.dumps(policy)
+        )
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def test_wrong_credential_fails_before_ray(s3_with_auth, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    endpoint, key_id, secret = s3_with_auth
+    code = (
+        "import sys\n"
+        "from pipeline.cli import main\n"
+        "rc = main(['extract', '--config', 'jobs/demo.yaml', *sys.argv[1:]])\n"
+        "assert 'ray' not in sys.modules\n"
+        "sys.exit(rc)\n"
+    )
+
+    def extract(key: str, secret: str, *args: str) -> subprocess.CompletedProcess:
+        env = {
+            **os.environ,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_ACCESS_KEY_ID": key,
+            "AWS_SECRET_ACCESS_KEY": secret,
+        }
+        return subprocess.run(
+            [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env
+        )
+
+    hint = "the storage refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    out = extract("AKIAWRONGWRONGWRONG0", secret, "storage.root=s3://zeroseg-auth/run")
+    assert out.returncode == 1, out.stderr
+    assert "cannot write to storage.root=s3://zeroseg-auth/run: PermissionError" in out.stderr
+    assert hint in out.stderr
+    out = extract(key_id, "not-the-secret", "storage.root=s3://zeroseg-auth/run")
+    assert out.returncode == 1 and hint in out.stderr, out.stderr
+    # reading the inputs with a refused credential is named the same way
+    out = extract(
+        "AKIAWRONGWRONGWRONG0",
+        secret,
+        f"storage.root={tmp_path}/out",
+        "data.train=s3://zeroseg-auth/images/list.txt",
+    )
+    assert out.returncode == 1, out.stderr
+    assert "cannot read data.train=s3://zeroseg-auth/images/list.txt: PermissionError" in out.stderr
+    assert "may read there" in out.stderr
+    # the right key passes the same checks: the server really tells keys apart
+    out = extract(key_id, secret, "storage.root=s3://zeroseg-auth/run", "data.train=/nonexistent")
+    assert out.returncode == 1
+    assert "data.train=/nonexistent does not exist" in out.stderr, out.stderr

@@ -1,0 +1,171 @@
+"""Extraction at scale on a real local Ray: tar shards and list files give the same cache as a
+folder, the pool can be pinned to a resource label and resized without touching the cache, and
+a shard that keeps failing is recorded with its traceback and shown by `zeroseg status`."""
+
+from __future__ import annotations
+
+import glob
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zarr
+
+from pipeline.cli import main
+from pipeline.extract import extract_fingerprint, run_extract, stage_uri
+from pipeline.inputs import plan_inputs
+from pipeline.status import stage_status
+from pipeline.teachers import resolve_teacher
+from tests.conftest import tiny_overrides
+from zeroseg.config import load_config
+from zeroseg.data.shapes import write_split
+
+pytestmark = pytest.mark.integration
+QUIET = {"log": lambda *_: None}
+
+
+def _arrays(stage: str) -> dict[str, np.ndarray]:
+    group = zarr.open_group(os.path.join(stage, "cache.zarr"), mode="r")
+    return {k: np.asarray(group[k][:]) for k in ("embeddings", "pixels", "valid")}
+
+
+def _markers(stage: str) -> list[dict]:
+    return [json.load(open(p)) for p in sorted(glob.glob(f"{stage}/shards/*.json"))]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[str]:
+    root = tmp_path_factory.mktemp("imgs")
+    write_split(str(root / "train"), n=20, seed=3, labeled=False)
+    files = sorted(glob.glob(f"{root}/train/**/*.png", recursive=True))
+    with open(files[7], "wb") as f:  # a bad input travels through every format
+        f.write(b"not an image")
+    return files
+
+
+def test_tar_shards_and_list_files_give_the_folder_cache(
+    ray_local, tmp_path, teacher_cache, images
+):
+    base = tiny_overrides(str(tmp_path / "out"), teacher_cache)
+    base += ["extract.images_per_shard=8", "extract.batch_size=60"]
+    folder = os.path.dirname(images[0])
+    tars = tmp_path / "tars"
+    tars.mkdir()
+    for t, chunk in enumerate((images[:12], images[12:])):
+        with tarfile.open(tars / f"train-{t:06d}.tar", "w") as tar:
+            for path in chunk:
+                tar.add(path, arcname=f"{os.path.basename(path)[:-4]}.png")
+                extra = tarfile.TarInfo(f"{os.path.basename(path)[:-4]}.json")
+                extra.size = 2
+                tar.addfile(extra, io.BytesIO(b"{}"))
+    (tmp_path / "list.txt").write_text("\n".join(os.path.relpath(p, tmp_path) for p in images))
+    pq.write_table(pa.table({"uri": images}), tmp_path / "list.parquet")
+
+    stages = {}
+    for name, uri, extra in (
+        ("folder", folder, []),
+        # pinned to the session node's custom resource, autoscaling 1..2 actors
+        (
+            "tars",
+            str(tars),
+            ["extract.resource_label=extract_worker", "extract.max_actors=2"],
+        ),
+        ("text", str(tmp_path / "list.txt"), []),
+        ("parquet", str(tmp_path / "list.parquet"), []),
+    ):
+        cfg = load_config("jobs/demo.yaml", [*base, f"data.train={uri}", *extra])
+        stages[name] = run_extract(cfg, **QUIET)
+    assert len(set(stages.values())) == 4  # different inputs, different caches
+    ref = _arrays(stages["folder"])
+    assert ref["valid"].sum() == 19 and ref["valid"][7] == 0
+    for name in ("tars", "text", "parquet"):
+        got = _arrays(stages[name])
+        for key in ref:
+            assert np.array_equal(ref[key], got[key]), (name, key)
+    index = pq.read_table(os.path.join(stages["tars"], "index.parquet")).to_pylist()
+    assert index[0]["key"] == f"{tars}/train-000000.tar#{os.path.basename(images[0])}"
+    assert index[7]["status"] == "skipped:not_an_image"
+    assert index[12]["key"].startswith(f"{tars}/train-000001.tar#")
+    plan = json.load(open(os.path.join(stages["tars"], "plan.json")))
+    assert plan["input_kind"] == "folder" and len(plan["spans"]) == 20
+    for marker in _markers(stages["tars"]):
+        assert marker["resources"]["extract_worker"] == pytest.approx(0.001)
+        assert marker["peak_rss_mb"] > 0
+        assert set(marker["seconds"]) == {"read", "crop", "infer", "wait", "write", "total"}
+    manifest = json.load(open(os.path.join(stages["tars"], "manifest.json")))
+    assert [s["shard"] for s in manifest["shards"]] == [0, 1, 2]
+    assert [s["images"] for s in manifest["shards"]] == [8, 8, 4]
+    assert sum(s["ok"] for s in manifest["shards"]) == manifest["num_ok"] == 19
+    assert manifest["shards"][0]["skip_reasons"] == {"not_an_image": 1}
+
+    # resizing or re-placing the pool finds the same finished cache
+    logs: list[str] = []
+    cfg = load_config(
+        "jobs/demo.yaml",
+        [*base, f"data.train={tars}", "extract.num_actors=2", "extract.batch_size=30"],
+    )
+    assert run_extract(cfg, log=logs.append) == stages["tars"]
+    assert any("cache complete, skipping" in line for line in logs)
+
+
+def test_a_pool_pinned_to_a_missing_label_fails_before_work(
+    ray_local, tmp_path, teacher_cache, images
+):
+    cfg = load_config(
+        "jobs/demo.yaml",
+        [
+            *tiny_overrides(str(tmp_path / "out"), teacher_cache),
+            f"data.train={os.path.dirname(images[0])}",
+            "extract.resource_label=no_such_group",
+        ],
+    )
+    with pytest.raises(RuntimeError, match="extract.resource_label=no_such_group: no Ray node"):
+        run_extract(cfg, **QUIET)
+    assert not os.path.exists(tmp_path / "out" / "extract")
+
+
+def test_failed_shard_is_recorded_shown_and_cleared(
+    ray_local, tmp_path, teacher_cache, images, capsys
+):
+    overrides = [
+        *tiny_overrides(str(tmp_path / "out"), teacher_cache),
+        f"data.train={os.path.dirname(images[0])}",
+        "extract.images_per_shard=8",
+        "extract.max_retries=1",
+    ]
+    cfg = load_config("jobs/demo.yaml", overrides)
+    teacher = resolve_teacher(cfg, **QUIET)
+    stage = stage_uri(cfg, extract_fingerprint(cfg, teacher, plan_inputs(cfg.data.train)))
+    # A real storage fault: a folder sits where shard 1 of the `valid` array must be written.
+    blocker = os.path.join(stage, "cache.zarr", "valid", "c", "1")
+    os.makedirs(os.path.join(blocker, "in-the-way"))
+    with pytest.raises(RuntimeError, match=r"1 shard\(s\) failed: \[1\]"):
+        run_extract(cfg, teacher=teacher, **QUIET)
+    record = json.load(open(os.path.join(stage, "failed", "00001.json")))
+    assert record["attempts"] == 2 and "IsADirectoryError" in record["error"]
+    status = stage_status(stage)
+    assert status["shards_failed"] == [1] and status["shards_done"] == 2
+    assert status["shards_pending"] == 1 and not status["complete"]
+    assert status["images_per_s"] > 0 and status["eta_s"] > 0
+    assert status["skip_reasons"] == {"not_an_image": 1}
+    capsys.readouterr()
+    assert main(["status", stage]) == 1
+    out = capsys.readouterr().out
+    assert "2/3 done, 1 pending, 1 failed" in out
+    assert "failed  shard 1: IsADirectoryError" in out and "ETA" in out
+
+    os.rmdir(os.path.join(blocker, "in-the-way"))
+    os.rmdir(blocker)
+    logs: list[str] = []
+    run_extract(cfg, teacher=teacher, log=logs.append)
+    assert any("(2 done, 1 to run)" in line for line in logs)
+    assert not os.path.exists(os.path.join(stage, "failed", "00001.json"))
+    assert main(["status", stage]) == 0
+    out = capsys.readouterr().out
+    assert ": complete" in out and "3/3 done, 0 pending, 0 failed" in out
+    assert "not_an_image: 1" in out and "ETA" not in out
