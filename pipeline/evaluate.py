@@ -57,6 +57,11 @@ def protocol(cfg: Config, class_names: list[str], input_size: int) -> dict[str, 
     }
 
 
+def has_shifted_split(cfg: Config) -> bool:
+    """The optional generalisation split is scored whenever it exists."""
+    return bool(cfg.data.shifted) and storage.exists(storage.join(cfg.data.shifted, "classes.json"))
+
+
 def protocol_name(cfg: Config) -> str:
     return cfg.eval.protocol or cfg.eval.benchmark
 
@@ -164,6 +169,7 @@ def eval_fingerprint(cfg: Config, final_uri: str, proto: dict[str, Any]) -> str:
             "weights": {"uri": storage.normalize(weights), **storage.file_signature(weights)},
             "bench": storage.normalize(cfg.data.bench),
             "val": storage.normalize(cfg.data.val) if proto["tune_on_val"] else None,
+            "shifted": storage.normalize(cfg.data.shifted) if has_shifted_split(cfg) else None,
             "protocol": proto,
         }
     )
@@ -178,10 +184,13 @@ def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
     student_info = storage.read_json(storage.join(final_uri, "config.json"))
     proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]))
     splits = {"bench": bench_images}
-    if proto["tune_on_val"]:
-        val_classes, splits["val"] = _read_split(cfg.data.val)
-        if val_classes != class_names:
-            raise ValueError("validation and benchmark splits have different classes.json")
+    extra = {"val": cfg.data.val} if proto["tune_on_val"] else {}
+    if has_shifted_split(cfg):
+        extra["shifted"] = cfg.data.shifted
+    for split, uri in extra.items():
+        split_classes, splits[split] = _read_split(uri)
+        if split_classes != class_names:
+            raise ValueError(f"{split} and benchmark splits have different classes.json")
     fp = eval_fingerprint(cfg, final_uri, proto)
     stage = StageDir(
         storage.join(cfg.storage.root, "eval", fp, cfg.eval.benchmark), marker_dir="parts"
@@ -257,6 +266,7 @@ def finalize_eval(
     rules = proto["background_rules"]
     bench = _sum_parts(stage, units, per, "bench")
     val = _sum_parts(stage, units, per, "val") if proto["tune_on_val"] else None
+    shifted = _sum_parts(stage, units, per, "shifted")
 
     def miou_by_rule(conf: np.ndarray) -> list[float]:
         return [scores_from_confusion(conf[i], class_names)["miou"] for i in range(len(rules))]
@@ -271,11 +281,14 @@ def finalize_eval(
             "val_miou_by_rule": dict(zip(rules, val_miou)) if val_miou else None,
             "bench_miou_by_rule": dict(zip(rules, miou_by_rule(bench[m]))),
         }
+        if shifted:
+            results[m]["shifted"] = scores_from_confusion(shifted[m][best], class_names)
     metrics = {
         "benchmark": cfg.eval.benchmark,
         "protocol": proto,
         "checkpoint": final_uri,
         "num_images": sum(len(u[2]) for u in units if u[0] == "bench"),
+        "num_shifted_images": sum(len(u[2]) for u in units if u[0] == "shifted"),
         "student": results["student"],
         "baselines": {m: results[m] for m in METHODS if m != "student"},
         "seconds": round(seconds, 2),

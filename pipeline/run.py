@@ -17,24 +17,46 @@ def ensure_world(cfg: Config, log=print) -> None:
 
     if not cfg.world.generate:
         return
-    settings = WorldSettings(image_size=cfg.world.image_size)
+    w = cfg.world
+    settings = WorldSettings(image_size=w.image_size)
+    shifted = WorldSettings(
+        image_size=w.shifted_image_size,
+        backgrounds=tuple(w.shifted_backgrounds),
+        size_range=tuple(w.shifted_size_range),
+    )
     splits = [
-        ("train", cfg.data.train, cfg.world.n_train, cfg.world.seed, False),
-        ("val", cfg.data.val, cfg.world.n_val, cfg.world.seed + 1, True),
-        ("bench", cfg.data.bench, cfg.world.n_bench, cfg.world.seed + 2, True),
+        ("train", cfg.data.train, w.n_train, w.seed, False, settings),
+        ("val", cfg.data.val, w.n_val, w.seed + 1, True, settings),
+        ("bench", cfg.data.bench, w.n_bench, w.seed + 2, True, settings),
     ]
-    for name, uri, n, seed, labeled in splits:
+    if w.n_shifted > 0:
+        splits.append(("shifted", cfg.data.shifted, w.n_shifted, w.seed + 3, True, shifted))
+    for name, uri, n, seed, labeled, world in splits:
         if storage.exists(storage.join(uri, SUCCESS)):
             continue
         log(f"[world] writing {n} {'labeled' if labeled else 'unlabeled'} {name} scenes -> {uri}")
-        write_split(uri, n=n, seed=seed, labeled=labeled, settings=settings, progress=True)
+        write_split(uri, n=n, seed=seed, labeled=labeled, settings=world, progress=True)
         storage.write_text(storage.join(uri, SUCCESS), f"{n}\n")
+
+
+def shifted_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """mIoU on the shifted split and how much of the benchmark mIoU the student keeps there."""
+    student = metrics["student"]
+    if "shifted" not in student:
+        return None
+    return {
+        "num_images": metrics.get("num_shifted_images"),
+        "student_miou": student["shifted"]["miou"],
+        "student_per_class": student["shifted"]["per_class"],
+        "baselines_miou": {n: b["shifted"]["miou"] for n, b in metrics["baselines"].items()},
+        "student_retention": student["shifted"]["miou"] / max(student["miou"], 1e-9),
+    }
 
 
 def summarize(
     metrics: dict[str, Any], teacher: dict[str, Any], final_uri: str, timings: dict[str, float]
 ) -> dict[str, Any]:
-    return {
+    out = {
         "student": {
             "miou": metrics["student"]["miou"],
             "per_class": metrics["student"]["per_class"],
@@ -54,6 +76,10 @@ def summarize(
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "code": code_version(),
     }
+    shifted = shifted_summary(metrics)
+    if shifted:
+        out["shifted"] = shifted
+    return out
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -66,6 +92,14 @@ def format_table(summary: dict[str, Any]) -> str:
         "student per-class IoU: "
         + ", ".join(f"{k} {'-' if v is None else f'{v * 100:.0f}%'}" for k, v in per.items())
     )
+    sh = summary.get("shifted")
+    if sh:
+        base = ", ".join(f"{n} {m * 100:.1f}%" for n, m in sh["baselines_miou"].items())
+        lines.append(
+            f"shifted split ({sh['num_images']} scenes, unseen backgrounds / sizes / resolution): "
+            f"student {sh['student_miou'] * 100:.1f}% "
+            f"({sh['student_retention']:.0%} of its benchmark mIoU); {base}"
+        )
     acc = summary.get("teacher_accuracy") or {}
     if acc:
         lines.append(

@@ -43,6 +43,10 @@ class DataConfig:
     bench: str = "${storage.root}/data/bench"
     # Labeled validation split used only to tune the background threshold.
     val: str = "${storage.root}/data/val"
+    # Optional labeled "shifted" split drawn from other world settings than training (unseen
+    # backgrounds, object sizes, resolution); eval scores it with the rules chosen on val when
+    # the split exists, to measure how far the student generalises.
+    shifted: str = "${storage.root}/data/shifted"
 
 
 @dataclass
@@ -55,6 +59,12 @@ class WorldConfig:
     n_val: int = 60
     n_bench: int = 200
     seed: int = 0
+    # The shifted split (0 = none): held-out background families, another object-size range and
+    # another resolution than the training scenes.
+    n_shifted: int = 0
+    shifted_image_size: int = 96
+    shifted_backgrounds: list[str] = field(default_factory=lambda: ["flat", "dots", "waves"])
+    shifted_size_range: list[float] = field(default_factory=lambda: [0.2, 0.34])
 
 
 @dataclass
@@ -184,6 +194,13 @@ class RayConfig:
 
 
 @dataclass
+class AblationConfig:
+    # `zeroseg ablate`: variant name -> overrides of the train section (and eval) applied on
+    # top of this config. Every variant trains on the one cache this config extracts.
+    variants: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -195,6 +212,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
 def _error_key(exc: OmegaConfBaseException) -> str:
@@ -234,6 +252,16 @@ def _check(cfg: Config) -> None:
         problems.append(("extract.min_actors", f"{lo} is above extract.max_actors={hi}"))
     if cfg.extract.cpus_per_actor < 0 or cfg.extract.gpus_per_actor < 0:
         problems.append(("extract.cpus_per_actor/gpus_per_actor", "must be >= 0"))
+    from .data.shapes import BACKGROUNDS
+
+    unknown = set(cfg.world.shifted_backgrounds) - set(BACKGROUNDS)
+    if unknown or not cfg.world.shifted_backgrounds:
+        problems.append(("world.shifted_backgrounds", f"choose from {list(BACKGROUNDS)}"))
+    lo_hi = list(cfg.world.shifted_size_range)
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+        problems.append(("world.shifted_size_range", "must be [lo, hi] with 0 < lo <= hi <= 1"))
+    if cfg.world.shifted_image_size < 8:
+        problems.append(("world.shifted_image_size", "must be >= 8"))
     if cfg.train.view_levels and 1 not in cfg.train.view_levels:
         problems.append(("train.view_levels", "must contain 1 (the whole-image view v1)"))
     if set(cfg.train.view_levels) - set(cfg.views.levels):

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def demo(ray_local, tmp_path_factory, teacher_cache):
     root = str(tmp_path_factory.mktemp("run"))
-    cfg = load_config("jobs/demo.yaml", tiny_overrides(root, teacher_cache))
+    cfg = load_config("jobs/demo.yaml", [*tiny_overrides(root, teacher_cache), "world.n_shifted=6"])
     ensure_world(cfg)
     train_dir = cfg.data.train
     # bad inputs next to good ones: recorded with a reason, never a crash
@@ -109,8 +109,83 @@ def test_train_outputs_and_eval_outputs(demo):
     assert metrics["protocol"]["version"] >= 1
     assert len(os.listdir(os.path.join(edir, "overlays"))) == cfg.eval.overlays
     parts = os.listdir(os.path.join(edir, "parts"))
-    assert len(parts) == -(-cfg.world.n_bench // 4) + -(-cfg.world.n_val // 4)
+    n_parts = sum(-(-n // 4) for n in (cfg.world.n_bench, cfg.world.n_val, cfg.world.n_shifted))
+    assert len(parts) == n_parts
     assert os.path.exists(os.path.join(edir, "config.json"))
+
+
+def test_shifted_split_is_scored_with_the_val_rule(demo):
+    cfg, summary, _ = demo
+    with Image.open(storage.list_files(os.path.join(cfg.data.shifted, "images"))[0]) as im:
+        assert im.size == (cfg.world.shifted_image_size,) * 2  # another resolution
+    meta = json.load(open(os.path.join(cfg.data.shifted, "world.json")))
+    assert set(meta["settings"]["backgrounds"]) == set(cfg.world.shifted_backgrounds)
+    sh = summary["shifted"]
+    assert sh["num_images"] == cfg.world.n_shifted
+    assert sh["student_retention"] == pytest.approx(sh["student_miou"] / summary["student"]["miou"])
+    assert set(sh["baselines_miou"]) == set(summary["baselines"])
+    (efp,) = os.listdir(os.path.join(cfg.storage.root, "eval"))
+    metrics = json.load(open(os.path.join(cfg.storage.root, "eval", efp, "shapes", "metrics.json")))
+    # the shifted split never picks its own rule: it is scored with the one chosen on val
+    assert "shifted" in metrics["student"] and metrics["num_shifted_images"] == 6
+
+
+def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
+    cfg, _, _ = demo
+    args = [
+        "ablate",
+        "--config",
+        "jobs/demo.yaml",
+        *tiny_overrides(cfg.storage.root, cfg.teacher.cache_dir),
+        "world.n_shifted=6",
+        "train.max_steps=3",
+        "ablation.variants.both=[]",
+        "ablation.variants.base=[train.multiscale_views=global,train.w_matching=0]",
+        "ablation.variants.multiscale=[train.w_matching=0]",
+        "ablation.variants.matching=[train.multiscale_views=global]",
+        "ablation.variants.grid_1=['train.view_levels=[1]']",
+        "ablation.variants.mask_0=[train.mask_ratio=0]",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("teacher cache extracted once") == 1
+    assert out.count("reusing cache") == 6
+    assert len(os.listdir(os.path.join(cfg.storage.root, "extract"))) == 1  # one cache
+    result = json.load(open(os.path.join(cfg.storage.root, "ablation", "ablation.json")))
+    assert list(result["variants"]) == [
+        "both",
+        "base",
+        "multiscale",
+        "matching",
+        "grid_1",
+        "mask_0",
+    ]
+    for row in result["variants"].values():
+        assert 0.0 <= row["miou"] <= 1.0 and row["samples_per_s"] > 0
+    assert set(result["paper_order"]["checks"]) == {
+        "base < multiscale",
+        "multiscale < matching",
+        "matching <= both",
+    }
+    table = open(os.path.join(cfg.storage.root, "ablation", "ablation.md")).read()
+    assert "| grid_1 |" in table and "Paper ordering" in table
+    # every variant is its own training run
+    runs = os.listdir(os.path.join(cfg.storage.root, "train"))
+    assert sum(r.startswith("demo-") for r in runs) >= 6
+
+
+def test_ablation_refuses_a_variant_that_changes_the_cache(tmp_path, capsys):
+    args = [
+        "ablate",
+        "--config",
+        "jobs/demo.yaml",
+        f"storage.root={tmp_path}",
+        "ablation.variants.bad=[views.crop_size=32]",
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "ablation.variants.bad" in err and "views.crop_size" in err
+    assert not os.listdir(tmp_path)  # nothing was started
 
 
 def test_rerun_skips_every_finished_stage(demo):
