@@ -4,7 +4,7 @@ Every variant of ``ablation.variants`` is the job config plus a few overrides of
 (or eval) settings. Extraction runs once; a variant that would change the cache is refused
 before any work, so the table compares recipes on identical teacher targets. Variants with
 identical settings share one training run (the run folder is keyed by the training
-fingerprint), so listing an alias such as ``mask_0.6`` next to ``both`` costs nothing.
+settings), so listing an alias such as ``mask_0.6`` next to ``both`` costs nothing.
 """
 
 from __future__ import annotations
@@ -46,6 +46,14 @@ def variant_configs(path: str | None, overrides: list[str], base: Config) -> dic
     return out
 
 
+def recipe_key(cfg: Config) -> str:
+    """What makes two variants the same training run (their names aside)."""
+    d = config_to_dict(cfg)
+    train = {k: v for k, v in d["train"].items() if k != "name"}
+    train["view_levels"] = sorted(train["view_levels"] or cfg.views.levels)
+    return json.dumps([train, d["student"], d["eval"]], sort_keys=True)
+
+
 def train_throughput(final_uri: str) -> float:
     """Mean training samples/s over the logged windows, the first (warm-up) one left out."""
     text = storage.read_bytes(storage.join(final_uri, "metrics.jsonl")).decode()
@@ -74,6 +82,8 @@ def format_table(result: dict[str, Any]) -> str:
     ]
     for name, r in result["variants"].items():
         over = ", ".join(f"`{o}`" for o in r["overrides"]) or "(job config)"
+        if r.get("same_as"):
+            over += f" (same run as {r['same_as']})"
         lines.append(
             f"| {name} | {over} | {r['miou'] * 100:.1f}% | {r['samples_per_s']:.0f} | "
             f"{r['train_s']:.0f} |"
@@ -110,7 +120,14 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
     log(f"[ablation] teacher cache extracted once: {cache}")
     log(f"[ablation] {len(variants)} variants, all training on this cache")
     rows: dict[str, dict[str, Any]] = {}
+    seen: dict[str, str] = {}
     for i, (name, cfg) in enumerate(variants.items(), start=1):
+        same = seen.setdefault(recipe_key(cfg), name)
+        if same != name:
+            log(f"[ablation] variant {i}/{len(variants)} {name!r}: the same recipe as {same!r}")
+            rows[name] = {**rows[same], "overrides": list(base.ablation.variants[name])}
+            rows[name]["same_as"] = same
+            continue
         log(f"[ablation] variant {i}/{len(variants)} {name!r}: reusing cache {cache}")
         t0 = time.perf_counter()
         final = run_train(cfg, cache, log)
