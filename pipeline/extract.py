@@ -47,6 +47,7 @@ RUN_INFO = "run.json"
 RESOURCE_PER_ACTOR = 0.001
 # Batches of cut views the reader thread may hold ahead of the teacher forward.
 PREFETCH_BATCHES = 2
+MAX_SHARDS_PER_CALL = 8
 
 
 def extract_fingerprint(cfg: Config, teacher: dict[str, Any], plan: InputPlan) -> str:
@@ -118,8 +119,29 @@ def stage_uri(cfg: Config, fp: str) -> str:
     return storage.join(cfg.storage.root, "extract", fp)
 
 
+class _ShardWork:
+    """One shard in flight inside an actor: its arrays, index rows and timings."""
+
+    def __init__(self, shard: int, layout: CacheLayout, crop_size: int):
+        self.shard = shard
+        self.start, self.stop = layout.shard_rows(shard)
+        n = self.stop - self.start
+        self.rows: list[dict[str, Any]] = []
+        self.pixels = np.zeros((n, crop_size, crop_size, 3), np.uint8)
+        self.valid = np.zeros(n, np.uint8)
+        self.embeddings = np.zeros((n, layout.num_views, layout.embed_dim), np.float16)
+        self.seconds = {"read": 0.0, "crop": 0.0, "infer": 0.0, "wait": 0.0}
+        self.started, self.started_unix = now(), time.time()
+
+
 class ShardExtractor:
-    """Ray Data actor: owns one teacher and processes whole shards."""
+    """Ray Data actor: owns one teacher and processes whole shards.
+
+    A reader thread fetches, decodes and crops the images of the call's shards in order and cuts
+    the views of every batch; the actor's thread runs the teacher on one batch while the reader
+    prepares the next (torch and image decoding release the GIL), and writes each shard when
+    its last batch is embedded, while the reader already works on the next shard.
+    """
 
     def __init__(
         self,
@@ -152,30 +174,64 @@ class ShardExtractor:
         self.resources = _assigned_resources()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        out: dict[str, list] = {"shard": [], "error": []}
-        for shard in batch["shard"]:
-            shard = int(shard)
-            try:
-                self.run_shard(shard)
-                out["error"].append("")
-            except Exception:  # reported to the driver, which retries or reports the traceback
-                out["error"].append(traceback.format_exc())
-            out["shard"].append(shard)
-        return {"shard": np.asarray(out["shard"]), "error": np.asarray(out["error"])}
+        shards = [int(s) for s in batch["shard"]]
+        errors = self.run_shards(shards)
+        return {"shard": np.asarray(shards), "error": np.asarray([errors[s] for s in shards])}
 
-    def _produce(
-        self,
-        start: int,
-        stop: int,
-        pixels: np.ndarray,
-        valid: np.ndarray,
-        rows: list[dict[str, Any]],
-        timings: dict[str, float],
-        out: queue.Queue,
-        halt: threading.Event,
-    ) -> None:
-        """Reader thread: fetch, decode and crop the shard's images in order, and hand the cut
-        views of every ``per_batch`` good images to the forward loop through ``out``."""
+    def run_shard(self, shard: int) -> None:
+        """Process one shard; raises what made it fail."""
+        error = self.run_shards([shard])[shard]
+        if error:
+            raise RuntimeError(error)
+
+    def run_shards(self, shards: list[int]) -> dict[int, str]:
+        """Process shards in order; returns {shard: "" or the traceback of its failure}."""
+        items: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        halt = threading.Event()
+        reader = threading.Thread(
+            target=self._read, args=(shards, items, halt), name="shard-reader", daemon=True
+        )
+        errors = dict.fromkeys(shards, "")
+        finished: set[int] = set()
+        reader.start()
+        try:
+            mark = time.perf_counter()
+            while True:
+                tw = time.perf_counter()
+                item = items.get()
+                waited = time.perf_counter() - tw
+                if item is None:
+                    break
+                kind, work, payload = item
+                work.seconds["wait"] += waited
+                if errors[work.shard]:
+                    continue  # the shard already failed; drop the rest of its items
+                try:
+                    if kind == "error":
+                        errors[work.shard] = payload
+                    elif kind == "batch":
+                        idx, views = payload
+                        ti = time.perf_counter()
+                        emb = self.teacher.encode_images(views)
+                        dim = self.layout.embed_dim
+                        work.embeddings[idx] = emb.reshape(len(idx), -1, dim).cpu().numpy()
+                        work.seconds["infer"] += time.perf_counter() - ti
+                    else:  # "end": every image of the shard is embedded
+                        self._finish(work, time.perf_counter() - mark)
+                        finished.add(work.shard)
+                        mark = time.perf_counter()
+                except Exception:  # reported to the driver, which retries or reports it
+                    errors[work.shard] = traceback.format_exc()
+        finally:
+            halt.set()
+            reader.join()
+        for shard in shards:  # a reader that died early must not look like success
+            if not errors[shard] and shard not in finished:
+                errors[shard] = f"shard {shard} was not processed: the reader thread stopped"
+        return errors
+
+    def _read(self, shards: list[int], items: queue.Queue, halt: threading.Event) -> None:
+        """Reader thread: images -> centre crops -> cut views, batch by batch, shard by shard."""
         import torch
 
         from zeroseg.images import BadImage, decode_image
@@ -184,126 +240,111 @@ class ShardExtractor:
         def put(item: Any) -> bool:
             while not halt.is_set():
                 try:
-                    out.put(item, timeout=0.1)
+                    items.put(item, timeout=0.1)
                     return True
                 except queue.Full:
                     continue
             return False
 
-        def views_of(idx: list[int]) -> tuple[np.ndarray, Any]:
+        def views_of(work: _ShardWork, idx: list[int]) -> tuple[str, _ShardWork, Any]:
             t = time.perf_counter()
             ix = np.asarray(idx)
-            views = cut_views(torch.from_numpy(pixels[ix]), self.levels, self.teacher.image_size)
-            timings["crop"] += time.perf_counter() - t
-            return ix, views.flatten(0, 1)
+            px = torch.from_numpy(work.pixels[ix])
+            views = cut_views(px, self.levels, self.teacher.image_size).flatten(0, 1)
+            work.seconds["crop"] += time.perf_counter() - t
+            return "batch", work, (ix, views)
 
         # extract.batch_size counts views per teacher forward, as the bare-forward bench does.
         per_batch = max(1, self.batch_size // self.layout.num_views)
         try:
-            ready: list[int] = []
-            for i, key in enumerate(self.keys[start:stop]):
-                if halt.is_set():
-                    return
-                row = {"row": start + i, "key": key, "width": -1, "height": -1, "status": "ok"}
-                rows.append(row)
-                ta = time.perf_counter()
+            for shard in shards:
+                work = _ShardWork(shard, self.layout, self.crop_size)
                 try:
-                    data = read_input(key, self.spans[start + i])
-                except OSError as exc:  # FileNotFoundError and PermissionError included
-                    row["status"] = f"skipped:unreadable ({type(exc).__name__})"
-                    continue
-                finally:
-                    timings["read"] += time.perf_counter() - ta
-                tb = time.perf_counter()
-                try:
-                    image = decode_image(data, min_side=max(self.levels))
-                    row["width"], row["height"] = image.size
-                    pixels[i] = center_crop(image, self.crop_size)
-                    valid[i] = 1
-                    ready.append(i)
-                except BadImage as exc:
-                    row["status"] = f"skipped:{exc.reason}"
-                timings["crop"] += time.perf_counter() - tb
-                if len(ready) == per_batch:
-                    if not put(views_of(ready)):
+                    ready: list[int] = []
+                    for i, key in enumerate(self.keys[work.start : work.stop]):
+                        if halt.is_set():
+                            return
+                        row = self._load(work, i, key, BadImage, decode_image, center_crop)
+                        work.rows.append(row)
+                        if row["status"] == "ok":
+                            ready.append(i)
+                        if len(ready) == per_batch:
+                            if not put(views_of(work, ready)):
+                                return
+                            ready = []
+                    if ready and not put(views_of(work, ready)):
                         return
-                    ready = []
-            if ready and not put(views_of(ready)):
-                return
-            put(None)
-        except BaseException as exc:  # the forward loop re-raises it in the actor's thread
-            put(exc)
-
-    def run_shard(self, shard: int) -> None:
-        started, started_unix = now(), time.time()
-        t0 = time.perf_counter()
-        start, stop = self.layout.shard_rows(shard)
-        n = stop - start
-        rows: list[dict[str, Any]] = []
-        pixels = np.zeros((n, self.crop_size, self.crop_size, 3), np.uint8)
-        valid = np.zeros(n, np.uint8)
-        embeddings = np.zeros((n, self.layout.num_views, self.layout.embed_dim), np.float16)
-        timings = {"read": 0.0, "crop": 0.0}
-        batches: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-        halt = threading.Event()
-        reader = threading.Thread(
-            target=self._produce,
-            args=(start, stop, pixels, valid, rows, timings, batches, halt),
-            name=f"shard-{shard}-reader",
-            daemon=True,
-        )
-        reader.start()
-        t_infer = t_wait = 0.0
-        try:
-            while True:
-                tw = time.perf_counter()
-                item = batches.get()
-                t_wait += time.perf_counter() - tw
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                idx, views = item
-                ti = time.perf_counter()
-                emb = self.teacher.encode_images(views)
-                embeddings[idx] = emb.reshape(len(idx), -1, self.layout.embed_dim).cpu().numpy()
-                t_infer += time.perf_counter() - ti
+                    if not put(("end", work, None)):
+                        return
+                except Exception:  # this shard fails; the next ones still run
+                    if not put(("error", work, traceback.format_exc())):
+                        return
         finally:
-            halt.set()
-            reader.join()
-        t2 = time.perf_counter()
-        write_shard(self.stage.path(ZARR_NAME), self.layout, shard, embeddings, pixels, valid)
-        t3 = time.perf_counter()
+            put(None)
+
+    def _load(self, work: _ShardWork, i: int, key: str, bad, decode, crop) -> dict[str, Any]:
+        """Read, decode and crop one image into ``work.pixels[i]``; its index row."""
+        row = {"row": work.start + i, "key": key, "width": -1, "height": -1, "status": "ok"}
+        ta = time.perf_counter()
+        try:
+            data = read_input(key, self.spans[work.start + i])
+        except OSError as exc:  # FileNotFoundError and PermissionError included
+            row["status"] = f"skipped:unreadable ({type(exc).__name__})"
+            return row
+        finally:
+            work.seconds["read"] += time.perf_counter() - ta
+        tb = time.perf_counter()
+        try:
+            image = decode(data, min_side=max(self.levels))
+            row["width"], row["height"] = image.size
+            work.pixels[i] = crop(image, self.crop_size)
+            work.valid[i] = 1
+        except bad as exc:
+            row["status"] = f"skipped:{exc.reason}"
+        work.seconds["crop"] += time.perf_counter() - tb
+        return row
+
+    def _finish(self, work: _ShardWork, busy: float) -> None:
+        """Write the shard's rows, then its marker (last). ``busy``: this thread's time on the
+        shard since the previous one finished, so the totals of an actor add up to its time."""
+        t = time.perf_counter()
+        write_shard(
+            self.stage.path(ZARR_NAME),
+            self.layout,
+            work.shard,
+            work.embeddings,
+            work.pixels,
+            work.valid,
+        )
+        write_s = time.perf_counter() - t
         skipped: dict[str, int] = {}
-        for r in rows:
+        for r in work.rows:
             if r["status"] != "ok":
                 reason = r["status"].split(":", 1)[1]
                 skipped[reason] = skipped.get(reason, 0) + 1
+        n = work.stop - work.start
         self.stage.write_marker(
-            shard,
+            work.shard,
             {
-                "shard": shard,
-                "rows": [start, stop],
-                "ok": int(valid.sum()),
-                "skipped": int(n - valid.sum()),
+                "shard": work.shard,
+                "rows": [work.start, work.stop],
+                "ok": int(work.valid.sum()),
+                "skipped": int(n - work.valid.sum()),
                 "skip_reasons": skipped,
-                "index": rows,
+                "index": work.rows,
                 # read and crop run in the reader thread, overlapping infer; wait is the time
-                # the forward loop sat idle waiting for views.
+                # the forward loop sat idle waiting for views of this shard.
                 "seconds": {
-                    "read": round(timings["read"], 4),
-                    "crop": round(timings["crop"], 4),
-                    "infer": round(t_infer, 4),
-                    "wait": round(t_wait, 4),
-                    "write": round(t3 - t2, 4),
-                    "total": round(t3 - t0, 4),
+                    **{k: round(v, 4) for k, v in work.seconds.items()},
+                    "write": round(write_s, 4),
+                    "total": round(busy + time.perf_counter() - t, 4),
                 },
                 "worker": f"{socket.gethostname()}:{os.getpid()}",
                 "resources": self.resources,
                 "peak_rss_mb": _peak_rss_mb(),
-                "started_at": started,
+                "started_at": work.started,
                 "finished_at": now(),
-                "started_unix": round(started_unix, 3),
+                "started_unix": round(work.started_unix, 3),
                 "finished_unix": round(time.time(), 3),
             },
         )
@@ -313,17 +354,26 @@ def _assigned_resources() -> dict[str, float]:
     """The Ray resources this actor holds (shows which worker group ran a shard)."""
     import ray
 
+    if not ray.is_initialized():  # the class used directly, outside Ray
+        return {}
     try:
         return {
             k: round(v, 4) for k, v in ray.get_runtime_context().get_assigned_resources().items()
         }
-    except Exception:  # outside Ray (direct use of the class): nothing assigned
+    except Exception:  # a Ray without this context API: report nothing rather than fail
         return {}
 
 
 def _peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def shards_per_call(pending: int, max_actors: int) -> int:
+    """Shards handed to an actor at once: several let its reader run ahead into the next shard
+    while the teacher finishes the current one; few enough that every actor of the pool still
+    gets about four calls, so work stays balanced and a failure costs little."""
+    return max(1, min(MAX_SHARDS_PER_CALL, pending // (4 * max(1, max_actors))))
 
 
 def _run_shards(
@@ -333,11 +383,12 @@ def _run_shards(
     import ray
     from tqdm import tqdm
 
+    per_call = shards_per_call(len(pending), actor_range(cfg.extract)[1])
     ds = ray.data.from_items(
-        [{"shard": s} for s in pending], override_num_blocks=max(1, len(pending))
+        [{"shard": s} for s in pending], override_num_blocks=max(1, -(-len(pending) // per_call))
     )
     ds = ds.map_batches(
-        ShardExtractor, fn_constructor_kwargs=ctor, batch_size=1, **pool_options(cfg)
+        ShardExtractor, fn_constructor_kwargs=ctor, batch_size=per_call, **pool_options(cfg)
     )
     failed: dict[int, str] = {}
     with tqdm(total=len(pending), desc="extract shards", unit="shard") as bar:

@@ -169,3 +169,49 @@ def test_failed_shard_is_recorded_shown_and_cleared(
     out = capsys.readouterr().out
     assert ": complete" in out and "3/3 done, 0 pending, 0 failed" in out
     assert "not_an_image: 1" in out and "ETA" not in out
+
+
+def test_a_failing_shard_does_not_stop_the_others_of_its_call(tmp_path, images):
+    """Several shards per actor call (the reader runs ahead into the next shard): one that
+    cannot be written fails alone, the shards before and after it get their markers. The actor
+    class is used directly here, with a randomly initialised toy teacher."""
+    from dataclasses import asdict
+
+    from pipeline import storage
+    from pipeline.cache import CacheLayout, create_arrays
+    from pipeline.extract import ShardExtractor
+    from zeroseg.teacher import Teacher
+    from zeroseg.toy_teacher import MODEL_NAME
+
+    stage = str(tmp_path / "stage")
+    probe = Teacher(MODEL_NAME, None)
+    layout = CacheLayout(len(images), 30, probe.embed_dim, 64, 6)
+    storage.write_json(
+        os.path.join(stage, "plan.json"),
+        {"images_per_shard": 6, "num_shards": layout.num_shards, "keys": images},
+    )
+    create_arrays(os.path.join(stage, "cache.zarr"), layout)
+    os.makedirs(os.path.join(stage, "cache.zarr", "valid", "c", "1", "in-the-way"))
+    actor = ShardExtractor(
+        stage,
+        {"model": MODEL_NAME, "pretrained": ""},
+        True,
+        [1, 2, 3, 4],
+        64,
+        60,
+        asdict(layout),
+    )
+    out = actor({"shard": np.asarray([0, 1, 2, 3])})
+    errors = dict(zip(out["shard"].tolist(), out["error"].tolist(), strict=True))
+    assert errors[0] == errors[2] == errors[3] == ""
+    assert "IsADirectoryError" in errors[1]
+    assert sorted(os.listdir(os.path.join(stage, "shards"))) == [
+        "00000.json",
+        "00002.json",
+        "00003.json",
+    ]
+    valid = _arrays(stage)["valid"]
+    assert valid[:6].all() and not valid[6:12].any() and valid[12:].all()
+    second = json.load(open(os.path.join(stage, "shards", "00002.json")))
+    assert second["rows"] == [12, 18] and second["ok"] == 6
+    assert {"read", "crop", "infer", "wait", "write", "total"} == set(second["seconds"])

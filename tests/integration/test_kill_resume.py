@@ -30,6 +30,14 @@ def _cache(root: str) -> tuple[str, dict[str, np.ndarray]]:
     return stage, {k: np.asarray(group[k][:]) for k in ("embeddings", "pixels", "valid")}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
     data = tmp_path / "data"
     subprocess.run(
@@ -62,10 +70,18 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
         time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(2)  # an orphaned actor may still finish the shard it holds; that is harmless
+    # Ray kills the driver's actors a moment later; until then an orphaned actor may still
+    # finish a shard, which is harmless. Wait for the actor processes named in the markers.
     (stage,) = glob.glob(f"{killed}/extract/*")
+    actors = {
+        int(json.load(open(p))["worker"].rsplit(":", 1)[1])
+        for p in glob.glob(f"{stage}/shards/*.json")
+    }
+    while any(_alive(pid) for pid in actors):
+        assert time.time() < deadline + 60, "orphaned actors did not exit"
+        time.sleep(0.2)
     assert not os.path.exists(f"{stage}/_SUCCESS")
-    before = {os.path.basename(p): json.load(open(p)) for p in glob.glob(f"{stage}/shards/*")}
+    before = {os.path.basename(p): json.load(open(p)) for p in glob.glob(f"{stage}/shards/*.json")}
     num_shards = json.load(open(f"{stage}/plan.json"))["num_shards"]
     assert 3 <= len(before) < num_shards
 
