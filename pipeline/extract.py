@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
 
@@ -28,7 +29,7 @@ from zeroseg.config import Config, actor_range, config_to_dict
 
 from . import storage
 from .cache import CACHE_VERSION, ZARR_NAME, CacheLayout, create_arrays, write_shard
-from .inputs import InputPlan, plan_inputs, read_input
+from .inputs import PLAN_TABLE, InputPlan, PlanTable, plan_inputs, read_input, write_plan_table
 from .runner import (
     StageDir,
     code_version,
@@ -48,6 +49,7 @@ RESOURCE_PER_ACTOR = 0.001
 # Batches of cut views the reader thread may hold ahead of the teacher forward.
 PREFETCH_BATCHES = 2
 MAX_SHARDS_PER_CALL = 8
+MARKER_READERS = 16
 
 
 def extract_fingerprint(cfg: Config, teacher: dict[str, Any], plan: InputPlan) -> str:
@@ -69,9 +71,11 @@ def extract_fingerprint(cfg: Config, teacher: dict[str, Any], plan: InputPlan) -
 
 def pool_options(cfg: Config) -> dict[str, Any]:
     """``map_batches`` arguments that size and place the teacher actor pool."""
+    import ray
+
     lo, hi = actor_range(cfg.extract)
     opts: dict[str, Any] = {
-        "concurrency": lo if lo == hi else (lo, hi),
+        "compute": ray.data.ActorPoolStrategy(min_size=lo, max_size=hi),
         "num_cpus": cfg.extract.cpus_per_actor,
         "num_gpus": cfg.extract.gpus_per_actor or None,
     }
@@ -165,12 +169,15 @@ class ShardExtractor:
         self.levels = levels
         self.crop_size = crop_size
         self.batch_size = batch_size
-        # The plan is read here rather than shipped as a constructor argument: for millions of
-        # images it would be a large object pinned in Ray's object store.
-        plan = storage.read_json(self.stage.path("plan.json"))
-        self.keys: list[str] = plan["keys"]
-        self.spans: list[list[int] | None] = plan.get("spans") or [None] * len(self.keys)
+        # Each shard's keys are read from plan.parquet when the shard starts, rather than the
+        # whole plan shipped or loaded here: memory per actor does not grow with the dataset.
         self.layout = CacheLayout(**layout)
+        self.plan = PlanTable(self.stage.path(PLAN_TABLE))
+        if self.plan.num_shards != self.layout.num_shards:
+            raise RuntimeError(
+                f"{PLAN_TABLE} has {self.plan.num_shards} row groups for "
+                f"{self.layout.num_shards} shards"
+            )
         self.resources = _assigned_resources()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -260,11 +267,14 @@ class ShardExtractor:
             for shard in shards:
                 work = _ShardWork(shard, self.layout, self.crop_size)
                 try:
+                    keys, spans = self.plan.shard(shard)
+                    if len(keys) != work.stop - work.start:
+                        raise RuntimeError(f"{PLAN_TABLE} row group {shard} has {len(keys)} rows")
                     ready: list[int] = []
-                    for i, key in enumerate(self.keys[work.start : work.stop]):
+                    for i, (key, span) in enumerate(zip(keys, spans, strict=True)):
                         if halt.is_set():
                             return
-                        row = self._load(work, i, key, BadImage, decode_image, center_crop)
+                        row = self._load(work, i, key, span, BadImage, decode_image, center_crop)
                         work.rows.append(row)
                         if row["status"] == "ok":
                             ready.append(i)
@@ -282,12 +292,14 @@ class ShardExtractor:
         finally:
             put(None)
 
-    def _load(self, work: _ShardWork, i: int, key: str, bad, decode, crop) -> dict[str, Any]:
+    def _load(
+        self, work: _ShardWork, i: int, key: str, span: list[int] | None, bad, decode, crop
+    ) -> dict[str, Any]:
         """Read, decode and crop one image into ``work.pixels[i]``; its index row."""
         row = {"row": work.start + i, "key": key, "width": -1, "height": -1, "status": "ok"}
         ta = time.perf_counter()
         try:
-            data = read_input(key, self.spans[work.start + i])
+            data = read_input(key, span)
         except OSError as exc:  # FileNotFoundError and PermissionError included
             row["status"] = f"skipped:unreadable ({type(exc).__name__})"
             return row
@@ -457,15 +469,19 @@ def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -
     }
     del probe
     storage.makedirs(stage.uri)
-    plan_doc: dict[str, Any] = {
-        "images_per_shard": layout.images_per_shard,
-        "num_shards": layout.num_shards,
-        "input_kind": plan.kind,
-        "keys": keys,
-    }
-    if plan.has_spans:
-        plan_doc["spans"] = plan.spans
-    storage.write_json(stage.path("plan.json"), plan_doc)
+    write_plan_table(stage.path(PLAN_TABLE), plan, layout.images_per_shard)
+    storage.write_json(
+        stage.path("plan.json"),
+        {
+            "data": storage.normalize(cfg.data.train),
+            "input_kind": plan.kind,
+            "num_images": layout.num_images,
+            "images_per_shard": layout.images_per_shard,
+            "num_shards": layout.num_shards,
+            "keys": PLAN_TABLE,
+            "tar_members": sum(s is not None for s in plan.spans),
+        },
+    )
     write_run_info(stage.uri, "extract", config_to_dict(cfg), fingerprint=fp)
     create_arrays(stage.path(ZARR_NAME), layout)
 
@@ -553,28 +569,56 @@ def finalize_extract(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    markers = [stage.read_marker(s) for s in range(layout.num_shards)]
-    rows = [r for m in markers for r in m["index"]]
-    table = pa.table(
-        {
-            "row": pa.array([r["row"] for r in rows], pa.int64()),
-            "key": pa.array([r["key"] for r in rows], pa.string()),
-            "width": pa.array([r["width"] for r in rows], pa.int32()),
-            "height": pa.array([r["height"] for r in rows], pa.int32()),
-            "status": pa.array([r["status"] for r in rows], pa.string()),
-        }
+    # One marker at a time: the driver never holds the index of the whole dataset.
+    schema = pa.schema(
+        [
+            ("row", pa.int64()),
+            ("key", pa.string()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("status", pa.string()),
+        ]
     )
-    fs, path = storage.fs_and_path(stage.path("index.parquet"))
-    with fs.open(path, "wb") as f:
-        pq.write_table(table, f)
     reasons: dict[str, int] = {}
     seconds = {"read": 0.0, "crop": 0.0, "infer": 0.0, "wait": 0.0, "write": 0.0, "total": 0.0}
-    for m in markers:
-        for k, v in m["skip_reasons"].items():
-            reasons[k] = reasons.get(k, 0) + v
-        for k in seconds:
-            seconds[k] += m["seconds"].get(k, 0.0)
-    ok = sum(m["ok"] for m in markers)
+    per_shard = []
+    fs, path = storage.fs_and_path(stage.path("index.parquet"))
+    with (
+        fs.open(path, "wb") as f,
+        pq.ParquetWriter(f, schema) as writer,
+        ThreadPoolExecutor(MARKER_READERS) as pool,
+    ):
+        # Markers are fetched a window at a time in parallel (object stores: one GET each).
+        window = range(0, layout.num_shards, MARKER_READERS * 4)
+        markers = (
+            m
+            for lo in window
+            for m in pool.map(
+                stage.read_marker, range(lo, min(lo + MARKER_READERS * 4, layout.num_shards))
+            )
+        )
+        for m in markers:
+            rows = m["index"]
+            writer.write_table(
+                pa.table({name: [r[name] for r in rows] for name in schema.names}, schema=schema)
+            )
+            for k, v in m["skip_reasons"].items():
+                reasons[k] = reasons.get(k, 0) + v
+            for k in seconds:
+                seconds[k] += m["seconds"].get(k, 0.0)
+            per_shard.append(
+                {
+                    "shard": m["shard"],
+                    "images": m["rows"][1] - m["rows"][0],
+                    "ok": m["ok"],
+                    "skipped": m["skipped"],
+                    "skip_reasons": m["skip_reasons"],
+                    "seconds": m["seconds"],
+                    "worker": m.get("worker"),
+                    "peak_rss_mb": m.get("peak_rss_mb"),
+                }
+            )
+    ok = sum(m["ok"] for m in per_shard)
     manifest = {
         "stage": "extract",
         "version": CACHE_VERSION,
@@ -593,19 +637,7 @@ def finalize_extract(
         "skip_reasons": reasons,
         "shard_seconds": {k: round(v, 3) for k, v in seconds.items()},
         # One entry per shard, so a user sees where time went without opening every marker.
-        "shards": [
-            {
-                "shard": m["shard"],
-                "images": m["rows"][1] - m["rows"][0],
-                "ok": m["ok"],
-                "skipped": m["skipped"],
-                "skip_reasons": m["skip_reasons"],
-                "seconds": m["seconds"],
-                "worker": m.get("worker"),
-                "peak_rss_mb": m.get("peak_rss_mb"),
-            }
-            for m in markers
-        ],
+        "shards": per_shard,
         "wall_seconds_last_run": round(elapsed, 3),
         "code": code_version(),
         "packages": package_versions(),

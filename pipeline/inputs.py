@@ -184,3 +184,47 @@ def read_input(key: str, span: list[int] | None = None) -> bytes:
     return storage.with_retries(
         lambda: fs.cat_file(path, start=offset, end=offset + size), f"reading {key}"
     )
+
+
+PLAN_TABLE = "plan.parquet"
+
+
+def write_plan_table(uri: str, plan: InputPlan, rows_per_shard: int) -> None:
+    """The plan's keys (and tar spans) as Parquet with one row group per extraction shard, so a
+    worker reads only its shard's keys, however large the dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    offsets = [s[0] if s is not None else None for s in plan.spans]
+    sizes = [s[1] if s is not None else None for s in plan.spans]
+    table = pa.table(
+        {
+            "key": pa.array(plan.keys, pa.string()),
+            "offset": pa.array(offsets, pa.int64()),
+            "size": pa.array(sizes, pa.int64()),
+        }
+    )
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, row_group_size=rows_per_shard)
+    storage.write_bytes(uri, buf.getvalue().to_pybytes())
+
+
+class PlanTable:
+    """Reads one shard's keys and spans from ``plan.parquet`` (one row group per shard)."""
+
+    def __init__(self, uri: str):
+        import pyarrow.parquet as pq
+
+        fs, path = storage.fs_and_path(uri)
+        self._file = storage.with_retries(lambda: fs.open(path, "rb"), f"opening {uri}")
+        self._pq = pq.ParquetFile(self._file)
+        self.num_shards = self._pq.num_row_groups
+
+    def shard(self, shard: int) -> tuple[list[str], list[list[int] | None]]:
+        """``(keys, spans)`` of the rows of ``shard``, in row order."""
+        t = self._pq.read_row_group(shard).to_pydict()
+        spans = [None if o is None else [o, s] for o, s in zip(t["offset"], t["size"], strict=True)]
+        return t["key"], spans
+
+    def close(self) -> None:
+        self._file.close()

@@ -18,7 +18,7 @@ import zarr
 
 from pipeline.cli import main
 from pipeline.extract import extract_fingerprint, run_extract, stage_uri
-from pipeline.inputs import plan_inputs
+from pipeline.inputs import InputPlan, plan_inputs, write_plan_table
 from pipeline.status import stage_status
 from pipeline.teachers import resolve_teacher
 from tests.conftest import tiny_overrides
@@ -92,7 +92,10 @@ def test_tar_shards_and_list_files_give_the_folder_cache(
     assert index[7]["status"] == "skipped:not_an_image"
     assert index[12]["key"].startswith(f"{tars}/train-000001.tar#")
     plan = json.load(open(os.path.join(stages["tars"], "plan.json")))
-    assert plan["input_kind"] == "folder" and len(plan["spans"]) == 20
+    assert plan["input_kind"] == "folder" and plan["tar_members"] == plan["num_images"] == 20
+    table = pq.ParquetFile(os.path.join(stages["tars"], "plan.parquet"))
+    assert table.num_row_groups == 3  # one per shard: a worker reads only its shard's keys
+    assert table.read().column("key").to_pylist() == [r["key"] for r in index]
     for marker in _markers(stages["tars"]):
         assert marker["resources"]["extract_worker"] == pytest.approx(0.001)
         assert marker["peak_rss_mb"] > 0
@@ -177,7 +180,6 @@ def test_a_failing_shard_does_not_stop_the_others_of_its_call(tmp_path, images):
     class is used directly here, with a randomly initialised toy teacher."""
     from dataclasses import asdict
 
-    from pipeline import storage
     from pipeline.cache import CacheLayout, create_arrays
     from pipeline.extract import ShardExtractor
     from zeroseg.teacher import Teacher
@@ -186,9 +188,10 @@ def test_a_failing_shard_does_not_stop_the_others_of_its_call(tmp_path, images):
     stage = str(tmp_path / "stage")
     probe = Teacher(MODEL_NAME, None)
     layout = CacheLayout(len(images), 30, probe.embed_dim, 64, 6)
-    storage.write_json(
-        os.path.join(stage, "plan.json"),
-        {"images_per_shard": 6, "num_shards": layout.num_shards, "keys": images},
+    write_plan_table(
+        os.path.join(stage, "plan.parquet"),
+        InputPlan("folder", images, [None] * len(images)),
+        layout.images_per_shard,
     )
     create_arrays(os.path.join(stage, "cache.zarr"), layout)
     os.makedirs(os.path.join(stage, "cache.zarr", "valid", "c", "1", "in-the-way"))

@@ -4,6 +4,7 @@ changing the cache fingerprint."""
 from __future__ import annotations
 
 import pytest
+from ray.data import ActorPoolStrategy
 
 from pipeline.cli import _load, build_parser
 from pipeline.extract import (
@@ -22,7 +23,11 @@ PLAN = InputPlan("folder", ["/d/a.png", "/d/b.png"], [None, None])
 def test_num_actors_still_means_a_fixed_pool():
     cfg = load_config("jobs/demo.yaml", ["extract.num_actors=3"])
     assert actor_range(cfg.extract) == (3, 3)
-    assert pool_options(cfg) == {"concurrency": 3, "num_cpus": 2.0, "num_gpus": None}
+    assert pool_options(cfg) == {
+        "compute": ActorPoolStrategy(min_size=3, max_size=3),
+        "num_cpus": 2.0,
+        "num_gpus": None,
+    }
 
 
 def test_cli_overrides_size_and_place_the_pool():
@@ -38,13 +43,13 @@ def test_cli_overrides_size_and_place_the_pool():
     )
     cfg = _load(args)
     assert pool_options(cfg) == {
-        "concurrency": (1, 16),
+        "compute": ActorPoolStrategy(min_size=1, max_size=16),
         "num_cpus": 2.0,
         "num_gpus": 1.0,
         "resources": {"extract_worker": 0.001},
     }
     cfg = load_config(None, ["extract.min_actors=2", "extract.max_actors=8"])
-    assert pool_options(cfg)["concurrency"] == (2, 8)
+    assert pool_options(cfg)["compute"] == ActorPoolStrategy(min_size=2, max_size=8)
 
 
 @pytest.mark.parametrize(
