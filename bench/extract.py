@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ def emit(measure: str, value: float, goal: float | None, unit: str, **extra) -> 
 def child(overrides: list[str]) -> None:
     """One extraction in this process: prints wall seconds, stage and the driver's peak RSS."""
     from pipeline.cluster import ensure_ray
-    from pipeline.extract import run_extract
+    from pipeline.extract import peak_rss_mb, run_extract
     from zeroseg.config import load_config
 
     cfg = load_config("jobs/demo.yaml", overrides)
@@ -57,8 +56,9 @@ def child(overrides: list[str]) -> None:
     t0 = time.perf_counter()
     stage = run_extract(cfg, log=lambda *_: None)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print("RESULT " + json.dumps({"wall": wall, "stage": stage, "driver_peak_rss_mb": peak}))
+    print(
+        "RESULT " + json.dumps({"wall": wall, "stage": stage, "driver_peak_rss_mb": peak_rss_mb()})
+    )
 
 
 def run_child(overrides: list[str]) -> dict:
@@ -225,7 +225,7 @@ def main() -> None:
             actor_peak_rss_mb=[round(actor["small"]), round(actor["large"])],
             driver_ratio=round(ratios["driver"], 3),
             actor_ratio=round(ratios["actor"], 3),
-            note="peak RSS (ru_maxrss) of the driver process and of the teacher actor processes",
+            note="peak RSS (VmHWM) of the driver process and of the teacher actor processes",
         )
 
         cache_bytes = tree_bytes(os.path.join(runs["large"]["stage"], "cache.zarr"))

@@ -179,6 +179,10 @@ class ShardExtractor:
                 f"{self.layout.num_shards} shards"
             )
         self.resources = _assigned_resources()
+        self._reader_error = ""
+        self._jobs: queue.Queue = queue.Queue()
+        self._items: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        threading.Thread(target=self._reader_loop, name="shard-reader", daemon=True).start()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = [int(s) for s in batch["shard"]]
@@ -193,65 +197,64 @@ class ShardExtractor:
 
     def run_shards(self, shards: list[int]) -> dict[int, str]:
         """Process shards in order; returns {shard: "" or the traceback of its failure}."""
-        items: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
-        halt = threading.Event()
-        reader = threading.Thread(
-            target=self._read, args=(shards, items, halt), name="shard-reader", daemon=True
-        )
         errors = dict.fromkeys(shards, "")
         finished: set[int] = set()
-        reader.start()
-        try:
-            mark = time.perf_counter()
-            while True:
-                tw = time.perf_counter()
-                item = items.get()
-                waited = time.perf_counter() - tw
-                if item is None:
-                    break
-                kind, work, payload = item
-                work.seconds["wait"] += waited
-                if errors[work.shard]:
-                    continue  # the shard already failed; drop the rest of its items
-                try:
-                    if kind == "error":
-                        errors[work.shard] = payload
-                    elif kind == "batch":
-                        idx, views = payload
-                        ti = time.perf_counter()
-                        emb = self.teacher.encode_images(views)
-                        dim = self.layout.embed_dim
-                        work.embeddings[idx] = emb.reshape(len(idx), -1, dim).cpu().numpy()
-                        work.seconds["infer"] += time.perf_counter() - ti
-                    else:  # "end": every image of the shard is embedded
-                        self._finish(work, time.perf_counter() - mark)
-                        finished.add(work.shard)
-                        mark = time.perf_counter()
-                except Exception:  # reported to the driver, which retries or reports it
-                    errors[work.shard] = traceback.format_exc()
-        finally:
-            halt.set()
-            reader.join()
-        for shard in shards:  # a reader that died early must not look like success
+        self._jobs.put(shards)
+        mark = time.perf_counter()
+        while True:  # always drained to the end-of-call None, so the reader stays in step
+            tw = time.perf_counter()
+            item = self._items.get()
+            waited = time.perf_counter() - tw
+            if item is None:
+                break
+            kind, work, payload = item
+            work.seconds["wait"] += waited
+            if errors[work.shard]:
+                continue  # the shard already failed; drop the rest of its items
+            try:
+                if kind == "error":
+                    errors[work.shard] = payload
+                elif kind == "batch":
+                    idx, views = payload
+                    ti = time.perf_counter()
+                    emb = self.teacher.encode_images(views)
+                    dim = self.layout.embed_dim
+                    work.embeddings[idx] = emb.reshape(len(idx), -1, dim).cpu().numpy()
+                    work.seconds["infer"] += time.perf_counter() - ti
+                else:  # "end": every image of the shard is embedded
+                    self._finish(work, time.perf_counter() - mark)
+                    finished.add(work.shard)
+                    mark = time.perf_counter()
+            except Exception:  # reported to the driver, which retries or reports it
+                errors[work.shard] = traceback.format_exc()
+        for shard in shards:  # a shard the reader never reached must not look like success
             if not errors[shard] and shard not in finished:
-                errors[shard] = f"shard {shard} was not processed: the reader thread stopped"
+                errors[shard] = (
+                    f"shard {shard} was not processed by the reader thread\n{self._reader_error}"
+                )
         return errors
 
-    def _read(self, shards: list[int], items: queue.Queue, halt: threading.Event) -> None:
-        """Reader thread: images -> centre crops -> cut views, batch by batch, shard by shard."""
+    def _reader_loop(self) -> None:
+        """The actor's one reader thread (one for its lifetime: a thread per call would leave
+        a malloc arena per thread behind), serving one call's shards at a time."""
+        while True:
+            shards = self._jobs.get()
+            self._reader_error = ""
+            try:
+                self._read(shards)
+            except BaseException:  # keep serving calls; the unreached shards report it
+                self._reader_error = traceback.format_exc()
+            finally:
+                self._items.put(None)
+
+    def _read(self, shards: list[int]) -> None:
+        """Images -> centre crops -> cut views, batch by batch, shard by shard."""
         import torch
 
         from zeroseg.images import BadImage, decode_image
         from zeroseg.views import center_crop, cut_views
 
-        def put(item: Any) -> bool:
-            while not halt.is_set():
-                try:
-                    items.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
+        put = self._items.put
 
         def views_of(work: _ShardWork, idx: list[int]) -> tuple[str, _ShardWork, Any]:
             t = time.perf_counter()
@@ -263,34 +266,26 @@ class ShardExtractor:
 
         # extract.batch_size counts views per teacher forward, as the bare-forward bench does.
         per_batch = max(1, self.batch_size // self.layout.num_views)
-        try:
-            for shard in shards:
-                work = _ShardWork(shard, self.layout, self.crop_size)
-                try:
-                    keys, spans = self.plan.shard(shard)
-                    if len(keys) != work.stop - work.start:
-                        raise RuntimeError(f"{PLAN_TABLE} row group {shard} has {len(keys)} rows")
-                    ready: list[int] = []
-                    for i, (key, span) in enumerate(zip(keys, spans, strict=True)):
-                        if halt.is_set():
-                            return
-                        row = self._load(work, i, key, span, BadImage, decode_image, center_crop)
-                        work.rows.append(row)
-                        if row["status"] == "ok":
-                            ready.append(i)
-                        if len(ready) == per_batch:
-                            if not put(views_of(work, ready)):
-                                return
-                            ready = []
-                    if ready and not put(views_of(work, ready)):
-                        return
-                    if not put(("end", work, None)):
-                        return
-                except Exception:  # this shard fails; the next ones still run
-                    if not put(("error", work, traceback.format_exc())):
-                        return
-        finally:
-            put(None)
+        for shard in shards:
+            work = _ShardWork(shard, self.layout, self.crop_size)
+            try:
+                keys, spans = self.plan.shard(shard)
+                if len(keys) != work.stop - work.start:
+                    raise RuntimeError(f"{PLAN_TABLE} row group {shard} has {len(keys)} rows")
+                ready: list[int] = []
+                for i, (key, span) in enumerate(zip(keys, spans, strict=True)):
+                    row = self._load(work, i, key, span, BadImage, decode_image, center_crop)
+                    work.rows.append(row)
+                    if row["status"] == "ok":
+                        ready.append(i)
+                    if len(ready) == per_batch:
+                        put(views_of(work, ready))
+                        ready = []
+                if ready:
+                    put(views_of(work, ready))
+                put(("end", work, None))
+            except Exception:  # this shard fails; the next ones still run
+                put(("error", work, traceback.format_exc()))
 
     def _load(
         self, work: _ShardWork, i: int, key: str, span: list[int] | None, bad, decode, crop
@@ -353,7 +348,7 @@ class ShardExtractor:
                 },
                 "worker": f"{socket.gethostname()}:{os.getpid()}",
                 "resources": self.resources,
-                "peak_rss_mb": _peak_rss_mb(),
+                "peak_rss_mb": peak_rss_mb(),
                 "started_at": work.started,
                 "finished_at": now(),
                 "started_unix": round(work.started_unix, 3),
@@ -376,8 +371,16 @@ def _assigned_resources() -> dict[str, float]:
         return {}
 
 
-def _peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process's own image so far: VmHWM on Linux (ru_maxrss
+    would also count the parent's peak that a spawned process inherits across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
