@@ -441,14 +441,17 @@ def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -
     keys = plan.keys
     fp = extract_fingerprint(cfg, teacher, plan)
     stage = StageDir(stage_uri(cfg, fp))
-    if cfg.extract.mode == "overwrite":
-        stage.clear()
-    elif stage.succeeded() and not cfg.extract.redo_shards:
+    overwrite = cfg.extract.mode == "overwrite"
+    if not overwrite and stage.succeeded() and not cfg.extract.redo_shards:
         log(f"[extract] cache complete, skipping: {stage.uri}")
         return stage.uri
     if not ray.is_initialized():
         raise RuntimeError("Ray is not initialised")
+    # Before anything is cleared or written: a pool that can never start must not cost the
+    # old cache (overwrite) or leave a half-made folder.
     check_pool_resources(cfg, ray.cluster_resources(), log)
+    if overwrite:
+        stage.clear()
 
     from zeroseg.teacher import Teacher
     from zeroseg.views import num_views

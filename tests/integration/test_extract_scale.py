@@ -114,6 +114,14 @@ def test_tar_shards_and_list_files_give_the_folder_cache(
     )
     assert run_extract(cfg, log=logs.append) == stages["tars"]
     assert any("cache complete, skipping" in line for line in logs)
+    # an overwrite whose pool can never start fails before it clears the finished cache
+    cfg = load_config(
+        "jobs/demo.yaml",
+        [*base, f"data.train={tars}", "extract.mode=overwrite", "extract.resource_label=nope"],
+    )
+    with pytest.raises(RuntimeError, match="extract.resource_label=nope: no Ray node"):
+        run_extract(cfg, **QUIET)
+    assert os.path.exists(os.path.join(stages["tars"], "_SUCCESS"))
 
 
 def test_a_pool_pinned_to_a_missing_label_fails_before_work(
