@@ -4,7 +4,7 @@ Every variant of ``ablation.variants`` is the job config plus a few overrides of
 (or eval) settings. Extraction runs once; a variant that would change the cache is refused
 before any work, so the table compares recipes on identical teacher targets. Variants with
 identical settings share one training run (the run folder is keyed by the training
-settings), so listing an alias such as ``mask_0.6`` next to ``both`` costs nothing.
+settings), so listing an alias such as ``mask_60`` next to ``both`` costs nothing.
 """
 
 from __future__ import annotations

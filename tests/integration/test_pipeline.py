@@ -145,7 +145,7 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
         "ablation.variants.matching=[train.multiscale_views=global]",
         "ablation.variants.grid_1=['train.view_levels=[1]']",
         "ablation.variants.mask_0=[train.mask_ratio=0]",
-        "ablation.variants.mask_0.6=[train.mask_ratio=0.6]",  # the same recipe as both
+        "ablation.variants.mask_60=[train.mask_ratio=0.6]",  # the same recipe as both
     ]
     assert main(args) == 0
     out = capsys.readouterr().out
