@@ -80,7 +80,8 @@ def format_table(result: dict[str, Any]) -> str:
         "| variant | overrides | student mIoU | train samples/s | train s |",
         "|---|---|---|---|---|",
     ]
-    for name, r in result["variants"].items():
+    for name in result["order"]:
+        r = result["variants"][name]
         over = ", ".join(f"`{o}`" for o in r["overrides"]) or "(job config)"
         if r.get("same_as"):
             over += f" (same run as {r['same_as']})"
@@ -148,6 +149,7 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         )
     result = {
         "cache": cache,
+        "order": list(rows),  # the JSON file sorts keys; this keeps the config's order
         "variants": rows,
         "paper_order": paper_order(rows),
         "baselines": {k: v["miou"] for k, v in metrics["baselines"].items()},

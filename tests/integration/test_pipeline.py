@@ -153,14 +153,10 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
     assert out.count("reusing cache") == 6
     assert len(os.listdir(os.path.join(cfg.storage.root, "extract"))) == 1  # one cache
     result = json.load(open(os.path.join(cfg.storage.root, "ablation", "ablation.json")))
-    assert list(result["variants"]) == [
-        "both",
-        "base",
-        "multiscale",
-        "matching",
-        "grid_1",
-        "mask_0",
-    ]
+    names = ["both", "base", "multiscale", "matching", "grid_1", "mask_0", "mask_60"]
+    assert result["order"] == names and set(result["variants"]) == set(names)
+    assert result["variants"]["mask_60"]["same_as"] == "both"
+    assert result["variants"]["mask_60"]["miou"] == result["variants"]["both"]["miou"]
     for row in result["variants"].values():
         assert 0.0 <= row["miou"] <= 1.0 and row["samples_per_s"] > 0
     assert set(result["paper_order"]["checks"]) == {
@@ -170,6 +166,7 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
     }
     table = open(os.path.join(cfg.storage.root, "ablation", "ablation.md")).read()
     assert "| grid_1 |" in table and "Paper ordering" in table
+    assert table.index("| both |") < table.index("| base |") < table.index("| mask_60 |")
     # every variant is its own training run
     runs = os.listdir(os.path.join(cfg.storage.root, "train"))
     assert sum(r.startswith("demo-") for r in runs) >= 6
