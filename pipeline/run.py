@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -33,6 +34,7 @@ def ensure_world(cfg: Config, log=print) -> None:
         splits.append(("shifted", cfg.data.shifted, w.n_shifted, w.seed + 3, True, shifted))
     for name, uri, n, seed, labeled, world in splits:
         if storage.exists(storage.join(uri, SUCCESS)):
+            _check_existing_split(name, uri, n, seed, world)
             continue
         log(f"[world] writing {n} {'labeled' if labeled else 'unlabeled'} {name} scenes -> {uri}")
         write_split(uri, n=n, seed=seed, labeled=labeled, settings=world, progress=True)
@@ -51,6 +53,23 @@ def shifted_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
         "baselines_miou": {n: b["shifted"]["miou"] for n, b in metrics["baselines"].items()},
         "student_retention": student["shifted"]["miou"] / max(student["miou"], 1e-9),
     }
+
+
+def _check_existing_split(name: str, uri: str, n: int, seed: int, settings) -> None:
+    """A finished split written with other world settings must not be reused silently."""
+    meta_uri = storage.join(uri, "world.json")
+    if not storage.exists(meta_uri):
+        return
+    meta = storage.read_json(meta_uri)
+    want = {"n": n, "seed": seed, "settings": settings.to_dict()}
+    have = {k: meta.get(k) for k in want}
+    if json.loads(json.dumps(have)) != json.loads(json.dumps(want)):
+        diff = sorted(k for k in want if json.dumps(have[k]) != json.dumps(want[k]))
+        raise ValueError(
+            f"the {name} split at {uri} was generated with other world settings ({', '.join(diff)} "
+            "differ from this config); remove that folder to regenerate it, or use another "
+            "storage.root"
+        )
 
 
 def summarize(

@@ -186,6 +186,15 @@ def test_ablation_refuses_a_variant_that_changes_the_cache(tmp_path, capsys):
     assert not os.listdir(tmp_path)  # nothing was started
 
 
+def test_a_split_from_other_world_settings_is_not_reused(demo):
+    cfg, _, _ = demo
+    overrides = [*tiny_overrides(cfg.storage.root, cfg.teacher.cache_dir), "world.n_shifted=6"]
+    ensure_world(load_config("jobs/demo.yaml", overrides))  # same settings: reused silently
+    other = load_config("jobs/demo.yaml", [*overrides, "world.n_train=41"])
+    with pytest.raises(ValueError, match="train split .* other world settings .*n"):
+        ensure_world(other)
+
+
 def test_rerun_skips_every_finished_stage(demo):
     cfg, summary, _ = demo
     logs: list[str] = []
