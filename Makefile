@@ -34,6 +34,7 @@ format: $(STAMP)
 
 bench: $(STAMP) ## benchmarks print JSON lines with measured ratios
 	$(BIN)/python bench/extract.py
+	$(BIN)/python bench/train.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

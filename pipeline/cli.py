@@ -107,6 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--cache", help="teacher cache folder (default: the one extract would make)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print parameters, per-worker memory, FLOPs per step and an estimated step time "
+        "(student on the meta device; no Ray, no GPU, no cache needed)",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        help="--dry-run: training images (default: world.n_train when world.generate, else "
+        "ImageNet-1K's 1281167)",
+    )
+    p.add_argument(
+        "--assume-tflops",
+        type=float,
+        default=312.0,
+        help="--dry-run: peak TFLOP/s per GPU (default 312, A100 bf16 dense)",
+    )
+    p.add_argument(
+        "--assume-mfu",
+        type=float,
+        default=0.4,
+        help="--dry-run: fraction of the peak a step reaches (default 0.4)",
+    )
 
     p = sub.add_parser(
         "eval",
@@ -236,6 +260,9 @@ def _dispatch(args, parser) -> int:
         pretrain_toy_teacher(cfg, force=args.force)
         return 0
 
+    if cmd == "train" and args.dry_run:
+        return _dry_run(cfg, args)
+
     from .cluster import ensure_ray
     from .preflight import preflight
 
@@ -261,10 +288,11 @@ def _dispatch(args, parser) -> int:
         run_extract(cfg)
         return 0
     if cmd == "train":
-        from .train import run_train
+        from .train import check_cache, run_train
 
-        ensure_ray(cfg)
         cache = args.cache or _finished_cache(cfg)
+        check_cache(cfg, cache)  # a cache that does not fit the config fails before Ray starts
+        ensure_ray(cfg)
         run_train(cfg, cache)
         return 0
     if cmd == "eval":
@@ -279,6 +307,28 @@ def _dispatch(args, parser) -> int:
         )
         return 0
     raise AssertionError(cmd)
+
+
+def _dry_run(cfg, args) -> int:
+    """Per-worker memory and step cost of the training run, printed; nothing is started."""
+    import json
+
+    from .train import teacher_embed_dim
+    from .train_plan import IN1K_TRAIN_IMAGES, estimate, format_estimate
+
+    dim = teacher_embed_dim(cfg.teacher.model)
+    if dim is None:
+        raise ConfigError(
+            f"teacher.model: open_clip has no architecture config for {cfg.teacher.model!r}, "
+            "so its embedding size is unknown"
+        )
+    images = args.images or (cfg.world.n_train if cfg.world.generate else IN1K_TRAIN_IMAGES)
+    est = estimate(cfg, dim, images, tflops=args.assume_tflops, mfu=args.assume_mfu)
+    print(f"[train --dry-run] {cfg.train.name}: nothing is started")
+    for line in format_estimate(est):
+        print(f"  {line}")
+    print(json.dumps({"dry_run": est}))
+    return 0
 
 
 def _finished_cache(cfg) -> str:

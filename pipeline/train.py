@@ -25,11 +25,40 @@ FINAL = "final"
 WEIGHTS = "model.safetensors"
 
 
+# Operational keys: they decide where, how fast and how safely training runs, not the weights.
+OPERATIONAL_KEYS = (
+    "name",
+    "num_workers",
+    "cpus_per_worker",
+    "use_gpu",
+    "resource_label",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
+    "checkpoints_to_keep",
+    "max_failures",
+    "reader",
+    "stream_above_mb",
+    "shuffle_buffer",
+    "prefetch_batches",
+    "log_every_steps",
+)
+# Recipe keys added after runs were fingerprinted: left out at their default, so a config that
+# does not use them keeps its run folder.
+LATER_RECIPE_DEFAULTS = {"lr_scaling": "none", "precision": "bf16"}
+# Amount of train.resource_label each worker asks for: the label pins workers to nodes that
+# offer it without competing for it.
+RESOURCE_PER_WORKER = 0.001
+
+
 def train_fingerprint(cfg: Config, cache_fp: str) -> str:
-    """What changes the trained weights; worker counts and CPUs per worker do not."""
+    """What changes the trained weights; worker counts, checkpoint cadence, reader settings and
+    resource labels do not."""
     t = config_to_dict(cfg)["train"]
-    for k in ("name", "num_workers", "cpus_per_worker", "use_gpu", "checkpoint_every_steps"):
+    for k in OPERATIONAL_KEYS:
         t.pop(k)
+    for k, default in LATER_RECIPE_DEFAULTS.items():
+        if t.get(k) == default:
+            t.pop(k)
     return fingerprint({"cache": cache_fp, "student": config_to_dict(cfg)["student"], "train": t})
 
 
@@ -55,42 +84,82 @@ def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def peak_lr(lr: float, scaling: str, global_batch: int) -> float:
+    """The schedule's peak rate: ``lr`` itself, or MAE's ``lr * global_batch / 256``."""
+    return lr * global_batch / 256 if scaling == "mae" else lr
+
+
+def _all_reduce_sum(values, device):
+    """Sum a float64 tensor over ranks (no-op on one process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = values.to(device)
+        dist.all_reduce(t)
+        return t.cpu()
+    return values
+
+
+def _rank0_decides(flag: bool, device) -> bool:
+    """Rank 0's value of ``flag`` on every rank, so all ranks checkpoint at the same step."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+    return flag
+
+
 def _train_loop(loop: dict[str, Any]) -> None:
     """Runs inside every Ray Train worker."""
+    import socket
+
     import numpy as np
     import ray.train
     import torch
-    from ray.train.torch import prepare_model
+    from ray.train.torch import get_device, prepare_model
 
     from zeroseg.losses import distill_loss, target_center, view_indices
     from zeroseg.models import build_student
 
+    from .cache_stream import check_manifest, make_source, partial_center_sum
+    from .train_log import MetricsLog
+
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(loop["threads"])))
+    device = get_device() if loop["use_gpu"] else torch.device("cpu")
     tc = loop["train"]
     torch.manual_seed(tc["seed"] + rank)
     reader = CacheReader(loop["cache"])
-    rows = reader.valid_rows
-    if len(rows) < world:
-        raise RuntimeError(f"cache has {len(rows)} usable images for {world} workers")
-    pixels_all, emb_all = reader.read_rows(rows)  # small caches fit in memory here
+    check_manifest(reader.manifest, loop["expected"], loop["cache"])
+    source = make_source(
+        loop["reader"],
+        reader,
+        rank,
+        world,
+        tc["batch_size"],
+        tc["seed"],
+        tc["shuffle_buffer"],
+        tc["prefetch_batches"],
+    )
     levels = list(tc["view_levels"] or loop["levels"])
+    view_idx = None
     if levels != list(loop["levels"]):
-        emb_all = emb_all[:, view_indices(loop["levels"], levels)]
-    per_rank = len(rows) // world
-    batch = max(1, min(tc["batch_size"] // world, per_rank))
-    steps_per_epoch = max(1, per_rank // batch)
+        view_idx = view_indices(loop["levels"], levels)
+    batch, steps_per_epoch = source.batch, source.steps_per_epoch
     total_steps = steps_per_epoch * tc["epochs"]
     if tc["max_steps"]:
         total_steps = min(total_steps, tc["max_steps"])
     warmup = steps_per_epoch * tc["warmup_epochs"]
 
     model = build_student(loop["student"], embed_dim=loop["embed_dim"])
-    base_lr = tc["lr"]
+    base_lr = peak_lr(tc["lr"], tc["lr_scaling"], batch * world)
     # Biases, norms, learnable tokens and the assignment query/key are not decayed.
     opt = torch.optim.AdamW(model.param_groups(tc["weight_decay"]), lr=base_lr, betas=(0.9, 0.95))
-    step, history = 0, []
+    step, history, center = 0, [], None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
@@ -100,15 +169,39 @@ def _train_loop(loop: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step = int(state["step"])
+        center = state.get("center")
         if rank == 0:
             print(f"[train] resumed from checkpoint at step {step}")
+    resumed_from = step
+    storage.write_json(
+        storage.join(loop["run_uri"], "workers", f"rank-{rank}.json"),
+        {
+            "rank": rank,
+            "world": world,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "start_step": step,
+            "reader": source.kind,
+            "started_at": now(),
+        },
+    )
     weights = {k: tc[f"w_{k}"] for k in ("multiscale", "matching", "recon", "dense", "patch")}
     # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.
     unused = tc["mask_ratio"] == 0 or len(levels) == 1 or any(v == 0 for v in weights.values())
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    # The same centre on every rank: the mean over every cached image, not a worker's slice.
-    center = target_center(emb_all) if tc["center_targets"] else None
+    if tc["center_targets"] and center is None:
+        # The same centre on every rank: the mean over every cached image, not a worker's slice.
+        if source.kind == "memory":
+            emb = source.embeddings if view_idx is None else source.embeddings[:, view_idx]
+            center = target_center(emb)
+        else:  # one streaming pass, split over the ranks and all-reduced
+            total, count = partial_center_sum(reader, rank, world, view_idx)
+            summed = _all_reduce_sum(torch.from_numpy(np.append(total, count)), device)
+            center = (summed[:-1] / summed[-1]).float()
+    center_dev = center.to(device) if center is not None else None
     gen = torch.Generator().manual_seed(tc["seed"] * 1000 + rank)
+    autocast = loop["use_gpu"] and tc["precision"] == "bf16"
+    metrics_log = MetricsLog(loop["run_uri"], enabled=rank == 0)
 
     def save(final: bool) -> None:
         metrics = history[-1] if history else {"step": step}
@@ -116,35 +209,33 @@ def _train_loop(loop: dict[str, Any]) -> None:
             checkpoint = None
             if rank == 0:
                 raw = model.module if hasattr(model, "module") else model
-                torch.save(
-                    {"model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step},
-                    os.path.join(d, "state.pt"),
-                )
+                state = {"model": raw.state_dict(), "optimizer": opt.state_dict(), "step": step}
+                if center is not None:
+                    state["center"] = center
+                torch.save(state, os.path.join(d, "state.pt"))
                 with open(os.path.join(d, "history.json"), "w") as f:
                     json.dump(history, f)
                 checkpoint = ray.train.Checkpoint.from_directory(d)
+                metrics_log.sync(history)
             ray.train.report({**metrics, "final": final}, checkpoint=checkpoint)
 
     model.train()
-    last_ckpt_step = step
+    last_ckpt_step, last_ckpt_t = step, time.monotonic()
     wait = compute = 0.0
     t_window = time.perf_counter()
     samples_window = 0
+    batches = source.run(step, total_steps)
     while step < total_steps:
-        epoch = step // steps_per_epoch
-        perm = np.random.default_rng((tc["seed"], epoch)).permutation(len(rows))
-        mine = perm[rank * per_rank : (rank + 1) * per_rank]
-        start_batch = step % steps_per_epoch
-        for b in range(start_batch, steps_per_epoch):
-            if step >= total_steps:
-                break
-            t0 = time.perf_counter()
-            idx = mine[b * batch : (b + 1) * batch]
-            x = torch.from_numpy(pixels_all[idx]).permute(0, 3, 1, 2).float().div_(255.0)
-            views = torch.from_numpy(emb_all[idx]).float()
-            t1 = time.perf_counter()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, total_steps, warmup, base_lr)
+        t0 = time.perf_counter()
+        epoch, px, emb = next(batches)
+        x = torch.from_numpy(px).permute(0, 3, 1, 2).float().div_(255.0)
+        views = torch.from_numpy(emb if view_idx is None else emb[:, view_idx]).float()
+        x = x.to(device, non_blocking=True)
+        views = views.to(device, non_blocking=True)
+        t1 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, total_steps, warmup, base_lr)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             out = model(x, mask_ratio=tc["mask_ratio"], generator=gen)
             total, terms = distill_loss(
                 out,
@@ -152,43 +243,56 @@ def _train_loop(loop: dict[str, Any]) -> None:
                 weights,
                 levels=levels,
                 dense_levels=(max(levels),),
-                target_center=center,
+                target_center=center_dev,
                 multiscale_views=tc["multiscale_views"],
             )
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            if tc["grad_clip"] > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
-            opt.step()
-            step += 1
-            t2 = time.perf_counter()
-            wait += t1 - t0
-            compute += t2 - t1
-            samples_window += len(idx) * world
-            if step % loop["log_every"] == 0 or step == total_steps:
-                elapsed = time.perf_counter() - t_window
-                row = {
-                    "step": step,
-                    "epoch": epoch,
-                    "lr": opt.param_groups[0]["lr"],
-                    "loss": float(total.detach()),
-                    **{f"loss_{k}": float(v) for k, v in terms.items()},
-                    "samples_per_s": samples_window / max(elapsed, 1e-9),
-                    "data_wait_fraction": wait / max(wait + compute, 1e-9),
-                }
-                for key in ("assign_logit_std", "groups_used"):
-                    if key in out:
-                        row[key] = float(out[key])
-                history.append(row)
-                if rank == 0:
-                    rate = row["samples_per_s"] / (batch * world)  # steps per second
-                    eta = (total_steps - step) / max(rate, 1e-9)
-                    print(progress_line(row, total_steps, eta))
-                t_window, samples_window, wait, compute = time.perf_counter(), 0, 0.0, 0.0
-            if step - last_ckpt_step >= loop["checkpoint_every"] and step < total_steps:
+        opt.zero_grad(set_to_none=True)
+        total.backward()
+        if tc["grad_clip"] > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
+        opt.step()
+        step += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t2 = time.perf_counter()
+        wait += t1 - t0
+        compute += t2 - t1
+        samples_window += len(px) * world
+        if step % loop["log_every"] == 0 or step == total_steps:
+            elapsed = time.perf_counter() - t_window
+            row = {
+                "step": step,
+                "epoch": epoch,
+                "lr": opt.param_groups[0]["lr"],
+                "loss": float(total.detach()),
+                **{f"loss_{k}": float(v) for k, v in terms.items()},
+                "samples_per_s": samples_window / max(elapsed, 1e-9),
+                "data_wait_fraction": wait / max(wait + compute, 1e-9),
+                "resumed_from_step": resumed_from,
+            }
+            for key in ("assign_logit_std", "groups_used"):
+                if key in out:
+                    row[key] = float(out[key])
+            history.append(row)
+            if rank == 0:
+                metrics_log.add(row)
+                rate = row["samples_per_s"] / (batch * world)  # steps per second
+                eta = (total_steps - step) / max(rate, 1e-9)
+                print(progress_line(row, total_steps, eta))
+            t_window, samples_window, wait, compute = time.perf_counter(), 0, 0.0, 0.0
+        if step < total_steps:
+            due = step - last_ckpt_step >= loop["checkpoint_every"]
+            if loop["checkpoint_minutes"] > 0 and not due:
+                late = time.monotonic() - last_ckpt_t >= loop["checkpoint_minutes"] * 60
+                due = _rank0_decides(late, device)
+            if due:
                 save(final=False)
-                last_ckpt_step = step
+                last_ckpt_step, last_ckpt_t = step, time.monotonic()
+    batches.close()
+    source.close()
     save(final=True)
+    if rank == 0:
+        metrics_log.close(history)
 
 
 def progress_line(row: dict[str, Any], total_steps: int, eta: float) -> str:
@@ -202,12 +306,77 @@ def progress_line(row: dict[str, Any], total_steps: int, eta: float) -> str:
     )
 
 
-def run_train(cfg: Config, cache_uri: str, log=print) -> str:
-    """Train (or resume) the student on a finished cache; returns the final weights' folder."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def teacher_embed_dim(model_name: str) -> int | None:
+    """The embedding size of an open_clip architecture from its config (no weights loaded);
+    None for names open_clip does not list (e.g. hub models)."""
+    import open_clip
+
+    from zeroseg.teacher import register_model_configs
+
+    register_model_configs()
+    model_cfg = open_clip.get_model_config(model_name)
+    return int(model_cfg["embed_dim"]) if model_cfg and "embed_dim" in model_cfg else None
+
+
+def check_cache(cfg: Config, cache_uri: str) -> CacheReader:
+    """Open the cache and refuse one that does not match the training config (a
+    :class:`~zeroseg.config.ConfigError` naming the key), before any cluster work."""
+    from .cache_stream import check_manifest, expected_manifest
 
     reader = CacheReader(cache_uri)
+    expected = expected_manifest(cfg, teacher_embed_dim(cfg.teacher.model))
+    check_manifest(reader.manifest, expected, cache_uri)
+    return reader
+
+
+def scaling_config(cfg: Config):
+    """Ray Train's ScalingConfig from ``train.*``: workers, CPU/GPU, custom resource label."""
+    from ray.train import ScalingConfig
+
+    resources: dict[str, float] = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1.0
+    if cfg.train.resource_label:
+        resources[cfg.train.resource_label] = RESOURCE_PER_WORKER
+    return ScalingConfig(
+        num_workers=cfg.train.num_workers,
+        use_gpu=cfg.train.use_gpu,
+        resources_per_worker=resources,
+    )
+
+
+def check_worker_resources(cfg: Config, cluster: dict[str, float], local: bool, log) -> None:
+    """A worker group that no node can host: an error on a local Ray, a warning on a cluster
+    (an autoscaler may still add such nodes)."""
+    label = cfg.train.resource_label
+    problems = []
+    if label and cluster.get(label, 0) < RESOURCE_PER_WORKER * cfg.train.num_workers:
+        problems.append(
+            f"train.resource_label={label}: no Ray node offers resource '{label}' (start the "
+            f"training workers with --resources='{{\"{label}\": 1}}')"
+        )
+    if cfg.train.use_gpu and cluster.get("GPU", 0) < cfg.train.num_workers:
+        problems.append(
+            f"train.use_gpu=true with train.num_workers={cfg.train.num_workers}: the cluster "
+            f"has {cluster.get('GPU', 0):g} GPU(s)"
+        )
+    if not problems:
+        return
+    if local:
+        raise RuntimeError("; ".join(problems))
+    for p in problems:
+        log(f"[train] warning: {p}")
+
+
+def run_train(cfg: Config, cache_uri: str, log=print) -> str:
+    """Train (or resume) the student on a finished cache; returns the final weights' folder."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchTrainer
+
+    from .cache_stream import cache_payload_bytes, choose_reader, expected_manifest
+
+    reader = check_cache(cfg, cache_uri)
     manifest = reader.manifest
     cache_fp = manifest["fingerprint"]
     storage_path, name = run_dir(cfg, cache_fp)
@@ -216,22 +385,34 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
     if storage.exists(storage.join(final_uri, WEIGHTS)):
         log(f"[train] finished run found, skipping: {final_uri}")
         return final_uri
+    check_worker_resources(
+        cfg, ray.cluster_resources(), not (cfg.ray.address or os.environ.get("RAY_ADDRESS")), log
+    )
     student = student_config(cfg)
     embed_dim = int(manifest["teacher"]["embed_dim"])
     storage.makedirs(run_uri)
     write_run_info(run_uri, "train", config_to_dict(cfg), cache=cache_uri)
     threads = max(1, int(cfg.train.cpus_per_worker))
+    kind = choose_reader(cfg.train.reader, reader, cfg.train.stream_above_mb)
     loop = {
         "cache": cache_uri,
+        "run_uri": run_uri,
         "train": config_to_dict(cfg)["train"],
         "student": student,
         "embed_dim": embed_dim,
         "levels": list(manifest["levels"]),
+        "expected": expected_manifest(cfg, embed_dim),
+        "reader": kind,
         "threads": threads,
-        "log_every": 10,
+        "use_gpu": cfg.train.use_gpu,
+        "log_every": cfg.train.log_every_steps,
         "checkpoint_every": cfg.train.checkpoint_every_steps,
+        "checkpoint_minutes": cfg.train.checkpoint_every_minutes,
     }
-    log(f"[train] {len(reader)} cached images, {cfg.train.num_workers} worker(s) -> {run_uri}")
+    log(
+        f"[train] {len(reader)} cached images ({cache_payload_bytes(reader) / 2**20:.0f} MB, "
+        f"{kind} reader), {cfg.train.num_workers} worker(s) -> {run_uri}"
+    )
     run_kwargs: dict[str, Any] = {"storage_path": storage.normalize(storage_path), "name": name}
     if not storage.is_local(storage_path):
         import pyarrow.fs as pafs
@@ -245,15 +426,11 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
     trainer = TorchTrainer(
         _train_loop,
         train_loop_config=loop,
-        scaling_config=ScalingConfig(
-            num_workers=cfg.train.num_workers,
-            use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
-        ),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             **run_kwargs,
-            failure_config=FailureConfig(max_failures=2),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
         ),
     )
     t0 = time.perf_counter()

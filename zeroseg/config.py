@@ -154,6 +154,30 @@ class TrainConfig:
     multiscale_views: str = "all"
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 = run all epochs; >0 caps the step count (smoke tests)
+    # "none": train.lr is the learning rate; "mae": train.lr is a base rate scaled by the global
+    # batch, lr = train.lr * global_batch / 256 (the MAE convention the paper's recipe follows).
+    lr_scaling: str = "none"
+    # "bf16": bf16 autocast on GPU workers (CPU workers always compute in fp32); "fp32": never.
+    precision: str = "bf16"
+    # --- operational keys: none of these change the training fingerprint ---
+    # Also checkpoint when this many minutes have passed since the last one (0 = off).
+    checkpoint_every_minutes: float = 0.0
+    checkpoints_to_keep: int = 2
+    # Worker-group restarts Ray Train allows before the run fails (-1 = unlimited); each restart
+    # resumes from the newest checkpoint.
+    max_failures: int = 2
+    # Custom Ray resource every training worker asks for (a tiny amount), pinning the workers to
+    # the nodes that offer it, e.g. a training worker group started with --resources.
+    resource_label: str = ""
+    # How workers read the cache: "memory" loads each worker's rows at start, "stream" reads
+    # shards in the background while training (any size), "auto" streams caches whose payload
+    # is above stream_above_mb.
+    reader: str = "auto"
+    stream_above_mb: float = 1024.0
+    # Streaming reader: rows held by the in-memory shuffle buffer and batches read ahead.
+    shuffle_buffer: int = 2048
+    prefetch_batches: int = 4
+    log_every_steps: int = 10
 
 
 @dataclass
@@ -268,6 +292,28 @@ def _check(cfg: Config) -> None:
         problems.append(
             ("train.view_levels", f"must be a subset of views.levels {cfg.views.levels}")
         )
+    choices = {
+        "train.lr_scaling": ("none", "mae"),
+        "train.precision": ("bf16", "fp32"),
+        "train.reader": ("auto", "memory", "stream"),
+    }
+    for key, allowed in choices.items():
+        if getattr(cfg.train, key.split(".")[1]) not in allowed:
+            problems.append((key, f"must be one of {list(allowed)}"))
+    for key in (
+        "train.checkpoint_every_steps",
+        "train.checkpoints_to_keep",
+        "train.shuffle_buffer",
+        "train.prefetch_batches",
+        "train.log_every_steps",
+    ):
+        if getattr(cfg.train, key.split(".")[1]) < 1:
+            problems.append((key, "must be >= 1"))
+    for key in ("train.checkpoint_every_minutes", "train.stream_above_mb", "train.epochs"):
+        if getattr(cfg.train, key.split(".")[1]) < 0:
+            problems.append((key, "must be >= 0"))
+    if cfg.train.max_failures < -1:
+        problems.append(("train.max_failures", "must be >= -1 (-1 = unlimited)"))
     if cfg.train.multiscale_views not in ("all", "global"):
         problems.append(("train.multiscale_views", "must be 'all' or 'global'"))
     if not cfg.storage.root:

@@ -1,0 +1,250 @@
+"""Training from the cache, measured side by side in one run.
+
+- ``cached_vs_online_of_predicted``: samples/s of the student step fed from the cache (streaming
+  reader) over samples/s of the same student step fed by the teacher run online on the 30 views
+  cut from each image (what training without a cache does), divided by the ratio FLOPs predict:
+  (teacher forward on 30 views + student step) / student step, both counted with
+  ``FlopCounterMode`` on the same batch. Goal >= 0.8.
+- ``data_wait_fraction_s3``: share of step time the student step waits for the next batch when
+  the streaming reader reads the cache through the S3 protocol (a moto server on 127.0.0.1).
+  Goal <= 0.05.
+- ``workers_2_vs_1``: samples/s of the real train stage (Ray Train, DDP) with 2 workers of 1 CPU
+  over 1 worker of 1 CPU, the same global batch.
+
+Same student (the demo's), same device, same thread count on both sides. Speed does not depend
+on what the teacher learned, so the toy teacher has random weights and the cache holds random
+embeddings: nothing is downloaded or trained first.
+Prints one JSON line per measure: {"bench", "measure", "value", "goal", "unit", ...}.
+Usage: python bench/train.py [--images 128] [--batch 32] [--steps 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def emit(measure: str, value: float, goal: float | None, unit: str, **extra) -> None:
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "measure": measure,
+                "value": round(value, 4),
+                "goal": goal,
+                "unit": unit,
+                **extra,
+            }
+        ),
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per side")
+    parser.add_argument("--stage-steps", type=int, default=30, help="steps per Ray Train run")
+    args = parser.parse_args()
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from pipeline.cache import CacheReader
+    from pipeline.cache_stream import StreamSource
+    from pipeline.train import student_config
+    from tests.synthetic_cache import LEVELS, write_cache
+    from zeroseg.config import load_config
+    from zeroseg.losses import distill_loss
+    from zeroseg.models import build_student
+    from zeroseg.teacher import Teacher
+    from zeroseg.toy_teacher import MODEL_NAME
+    from zeroseg.views import cut_views
+
+    cpus = os.cpu_count() or 1
+    torch.set_num_threads(cpus)
+    machine = f"{platform.machine()} {cpus} cores, no GPU, torch {torch.__version__}"
+    cfg = load_config("jobs/demo.yaml")
+    weights = {k: getattr(cfg.train, f"w_{k}") for k in ("multiscale", "matching", "recon")}
+    weights.update({k: getattr(cfg.train, f"w_{k}") for k in ("dense", "patch")})
+    teacher = Teacher(MODEL_NAME, None)
+    teacher.model.eval()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = write_cache(
+            f"{tmp}/extract/fp", n=args.images, embed_dim=teacher.embed_dim, images_per_shard=64
+        )
+        reader = CacheReader(cache)
+        px_all, _ = reader.load_all()
+
+        def fresh_student():
+            torch.manual_seed(0)
+            model = build_student(student_config(cfg), embed_dim=teacher.embed_dim)
+            opt = torch.optim.AdamW(model.param_groups(cfg.train.weight_decay), lr=1e-3)
+            return model, opt
+
+        def student_step(model, opt, x, views, gen) -> None:
+            out = model(x, mask_ratio=cfg.train.mask_ratio, generator=gen)
+            total, _ = distill_loss(
+                out, views, weights, levels=LEVELS, dense_levels=(4,), target_center=None
+            )
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+
+        def to_x(px):
+            return torch.from_numpy(px).permute(0, 3, 1, 2).float().div_(255.0)
+
+        def online_views(px) -> torch.Tensor:
+            with torch.no_grad():
+                v = cut_views(torch.from_numpy(px), LEVELS, teacher.image_size)
+                b, n = v.shape[:2]
+                return teacher.encode_images(v.flatten(0, 1)).reshape(b, n, -1)
+
+        # FLOPs of one batch: the student step, and the teacher forward on 30 views per image.
+        model, opt = fresh_student()
+        px0 = px_all[: args.batch]
+        emb0 = torch.from_numpy(reader.read_rows(reader.valid_rows[: args.batch])[1]).float()
+        gen = torch.Generator().manual_seed(0)
+        with FlopCounterMode(display=False) as fc:
+            student_step(model, opt, to_x(px0), emb0, gen)
+        f_student = fc.get_total_flops()
+        with FlopCounterMode(display=False) as fc:
+            online_views(px0)
+        f_teacher = fc.get_total_flops()
+        predicted = (f_student + f_teacher) / f_student
+
+        def run_cached(uri_reader: CacheReader) -> tuple[float, float]:
+            model, opt = fresh_student()
+            gen = torch.Generator().manual_seed(0)
+            src = StreamSource(uri_reader, 0, 1, args.batch, 0, shuffle_buffer=256)
+            it = src.run(0, args.steps + 2)
+            for _ in range(2):  # warm-up: allocator, first shard read
+                _, px, emb = next(it)
+                student_step(model, opt, to_x(px), torch.from_numpy(emb).float(), gen)
+            src.wait_s, t0 = 0.0, time.perf_counter()
+            for _, px, emb in it:
+                student_step(model, opt, to_x(px), torch.from_numpy(emb).float(), gen)
+            wall = time.perf_counter() - t0
+            return args.steps * args.batch / wall, src.wait_s / wall
+
+        def run_online() -> float:
+            model, opt = fresh_student()
+            gen = torch.Generator().manual_seed(0)
+            n = len(px_all) // args.batch
+            for k in range(2):
+                px = px_all[k * args.batch : (k + 1) * args.batch]
+                student_step(model, opt, to_x(px), online_views(px), gen)
+            t0 = time.perf_counter()
+            for k in range(args.steps):
+                px = px_all[(k % n) * args.batch : (k % n + 1) * args.batch]
+                student_step(model, opt, to_x(px), online_views(px), gen)
+            return args.steps * args.batch / (time.perf_counter() - t0)
+
+        # cached, online, cached again: a busy neighbour affects both sides alike
+        cached_a, _ = run_cached(reader)
+        online = run_online()
+        cached_b, _ = run_cached(reader)
+        cached = (cached_a + cached_b) / 2
+        measured = cached / online
+        emit("cached_samples_per_s", cached, None, "samples/s", machine=machine)
+        emit("online_teacher_samples_per_s", online, None, "samples/s", machine=machine)
+        emit(
+            "cached_vs_online_of_predicted",
+            measured / predicted,
+            0.8,
+            "ratio",
+            machine=machine,
+            measured_ratio=round(measured, 3),
+            predicted_ratio=round(predicted, 3),
+            student_step_gflop=round(f_student / 1e9, 3),
+            teacher_30_views_gflop=round(f_teacher / 1e9, 3),
+            batch=args.batch,
+            teacher=f"{MODEL_NAME} (random weights)",
+            student=cfg.student.preset,
+        )
+
+        # The same cached loop reading through the S3 protocol.
+        import logging
+
+        import s3fs
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        try:
+            endpoint = f"http://127.0.0.1:{server.get_host_and_port()[1]}"
+            os.environ.update(
+                {
+                    "AWS_ENDPOINT_URL": endpoint,
+                    "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench",
+                    "AWS_DEFAULT_REGION": "us-east-1",
+                }
+            )
+            fs = s3fs.S3FileSystem()
+            fs.mkdir("zeroseg-bench")
+            fs.put(cache, "zeroseg-bench/extract/fp", recursive=True)
+            s3_rate, s3_wait = run_cached(CacheReader("s3://zeroseg-bench/extract/fp"))
+        finally:
+            server.stop()
+        emit(
+            "data_wait_fraction_s3",
+            s3_wait,
+            0.05,
+            "fraction",
+            machine=machine,
+            samples_per_s=round(s3_rate, 1),
+            note="streaming reader, prefetch thread, cache on moto S3 at 127.0.0.1",
+        )
+
+        # The real train stage on Ray Train: 1 worker vs 2 workers of one CPU each.
+        from pipeline.cluster import ensure_ray
+        from pipeline.train import run_train
+
+        rates = {}
+        for workers in (1, 2):
+            run_cfg = load_config(
+                "jobs/demo.yaml",
+                [
+                    f"storage.root={tmp}/out{workers}",
+                    f"train.num_workers={workers}",
+                    "train.cpus_per_worker=1",
+                    f"train.batch_size={args.batch}",
+                    "train.epochs=1000",
+                    f"train.max_steps={args.stage_steps}",
+                    f"train.checkpoint_every_steps={args.stage_steps}",
+                    "train.reader=stream",
+                    "ray.num_cpus=2",
+                ],
+            )
+            ensure_ray(run_cfg)
+            final = run_train(run_cfg, cache, log=lambda *_: None)
+            with open(os.path.join(final, "metrics.jsonl")) as f:
+                rows = [json.loads(line) for line in f][1:]  # the first window holds warm-up
+            rates[workers] = sum(r["samples_per_s"] for r in rows) / len(rows)
+        emit(
+            "workers_2_vs_1",
+            rates[2] / rates[1],
+            1.8,
+            "ratio",
+            machine=machine,
+            samples_per_s={str(k): round(v, 1) for k, v in rates.items()},
+            global_batch=args.batch,
+            note="Ray Train DDP, 1 CPU per worker, steady-state windows of the metrics log",
+        )
+
+
+if __name__ == "__main__":
+    main()
