@@ -110,3 +110,20 @@ def test_resize_views_is_bilinear_antialiased():
     ref = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", align_corners=False)
     torch.testing.assert_close(up, ref)
     assert resize_views(x, 16) is x
+
+
+def test_project_vit_teacher_config_is_an_open_clip_vit():
+    """`zeroseg-toyclip-vit` (the ViT teacher of bench/train.py) builds through open_clip as a
+    real VisionTransformer with the toy teacher's embedding size, and gives global and dense
+    embeddings of the sizes the cache and the dense baseline expect."""
+    from open_clip.transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    t = Teacher("zeroseg-toyclip-vit", None)
+    assert isinstance(t.model.visual, VisionTransformer)
+    assert (t.image_size, t.embed_dim) == (64, 128)
+    x = torch.rand(3, 3, 64, 64)
+    z = t.encode_images(x)
+    assert z.shape == (3, 128)
+    assert torch.allclose(z.norm(dim=-1), torch.ones(3), atol=1e-5)
+    assert t.dense_features(x).shape == (3, 8, 8, 128)
