@@ -46,8 +46,12 @@ DESCRIPTIONS = {
     ),
     "eval": (
         "Parallel Ray tasks score the student and the grid_crop, maskclip_dense and "
-        "all_background baselines on data.bench, each with the background rule that scores "
-        "best on data.val. Writes metrics.json and overlay pictures."
+        "all_background baselines on each benchmark of eval.benchmarks (or eval.benchmark): "
+        "shapes reads data.bench and picks each method's background rule on data.val; voc, "
+        "context and coco_object read their public layouts below eval.data_root with the "
+        "paper's pinned protocols. Writes metrics.json, report.md (mIoU table, per-class IoU, "
+        "confusion plot) and overlays of the best and worst images per benchmark. "
+        "--dry-run prints the plan without reading data."
     ),
     "ablate": (
         "Extracts the teacher cache once, then trains and scores every variant of "
@@ -139,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--checkpoint", help="a train run's final/ folder (default: this config's)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print per benchmark the protocol, class count, where it would read and how many "
+        "tasks it would run; reads no data and starts nothing",
+    )
 
     p = sub.add_parser(
         "ablate",
@@ -262,6 +272,8 @@ def _dispatch(args, parser) -> int:
 
     if cmd == "train" and args.dry_run:
         return _dry_run(cfg, args)
+    if cmd == "eval" and args.dry_run:
+        return _eval_dry_run(cfg)
 
     from .cluster import ensure_ray
     from .preflight import preflight
@@ -296,15 +308,15 @@ def _dispatch(args, parser) -> int:
         run_train(cfg, cache)
         return 0
     if cmd == "eval":
-        from .evaluate import run_eval
+        from .evaluate import run_evals
 
         ensure_ray(cfg)
         checkpoint = args.checkpoint or _finished_final(cfg)
-        metrics = run_eval(cfg, checkpoint)
-        print(
-            f"student mIoU {metrics['student']['miou']:.3f}; "
-            + ", ".join(f"{k} {v['miou']:.3f}" for k, v in metrics["baselines"].items())
-        )
+        for name, metrics in run_evals(cfg, checkpoint).items():
+            print(
+                f"{name}: student mIoU {metrics['student']['miou']:.3f}; "
+                + ", ".join(f"{k} {v['miou']:.3f}" for k, v in metrics["baselines"].items())
+            )
         return 0
     raise AssertionError(cmd)
 
@@ -328,6 +340,20 @@ def _dry_run(cfg, args) -> int:
     for line in format_estimate(est):
         print(f"  {line}")
     print(json.dumps({"dry_run": est}))
+    return 0
+
+
+def _eval_dry_run(cfg) -> int:
+    """The evaluation plan, printed; no data is read and nothing is started."""
+    import json
+
+    from .eval_plan import format_plan, plan_eval
+
+    plan = plan_eval(cfg)
+    print(f"[eval --dry-run] {len(plan)} benchmark(s); nothing is read or started")
+    for line in format_plan(plan):
+        print(f"  {line}")
+    print(json.dumps({"dry_run": plan}))
     return 0
 
 
