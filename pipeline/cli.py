@@ -180,9 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--image-size", type=int, default=64)
 
-    p = sub.add_parser("segment", help="segment images with free-form class names")
-    p.add_argument("images", nargs="+", help="image files or fsspec URLs")
-    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "cat,sofa"')
+    p = sub.add_parser(
+        "segment",
+        help="segment images with free-form class names",
+        description="Overlay PNG with a legend per image (and label maps with --save-labels). "
+        "Unreadable images are skipped with their reason, summarised at the end and listed in "
+        "<out>/failures.json; the exit code is then 1.",
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files, globs ('photos/*.jpg', 's3://b/x/*.png') or folders / URL prefixes "
+        "(every image below them)",
+    )
+    p.add_argument("--classes", help='comma-separated names, e.g. "cat,sofa"')
+    p.add_argument(
+        "--classes-file", help="a file of class names, one per line (or comma-separated)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the models run (auto: a GPU when torch sees one)",
+    )
     p.add_argument("--checkpoint", required=True, help="a train run's final/ folder")
     p.add_argument("-o", "--out", required=True, help="output folder for overlays")
     p.add_argument(
@@ -194,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-labels",
         action="store_true",
-        help="also write <stem>.npy label maps (0 background, k = k-th class)",
+        help="also write label maps: <stem>.npy (int32) and <stem>_labels.png (palette PNG); "
+        "0 background, k = the k-th class",
     )
     return parser
 
@@ -261,6 +282,8 @@ def _dispatch(args, parser) -> int:
             args.out,
             background=args.background,
             save_labels=args.save_labels,
+            classes_file=args.classes_file,
+            device=args.device,
         )
 
     cfg = _load(args)
