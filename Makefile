@@ -35,6 +35,7 @@ format: $(STAMP)
 bench: $(STAMP) ## benchmarks print JSON lines with measured ratios
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py
+	$(BIN)/python bench/eval.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

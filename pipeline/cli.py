@@ -46,8 +46,12 @@ DESCRIPTIONS = {
     ),
     "eval": (
         "Parallel Ray tasks score the student and the grid_crop, maskclip_dense and "
-        "all_background baselines on data.bench, each with the background rule that scores "
-        "best on data.val. Writes metrics.json and overlay pictures."
+        "all_background baselines on each benchmark of eval.benchmarks (or eval.benchmark): "
+        "shapes reads data.bench and picks each method's background rule on data.val; voc, "
+        "context and coco_object read their public layouts below eval.data_root with the "
+        "paper's pinned protocols. Writes metrics.json, report.md (mIoU table, per-class IoU, "
+        "confusion plot) and overlays of the best and worst images per benchmark. "
+        "--dry-run prints the plan without reading data."
     ),
     "ablate": (
         "Extracts the teacher cache once, then trains and scores every variant of "
@@ -139,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _config_args(p)
     p.add_argument("--checkpoint", help="a train run's final/ folder (default: this config's)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print per benchmark the protocol, class count, where it would read and how many "
+        "tasks it would run; reads no data and starts nothing",
+    )
 
     p = sub.add_parser(
         "ablate",
@@ -170,9 +180,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--image-size", type=int, default=64)
 
-    p = sub.add_parser("segment", help="segment images with free-form class names")
-    p.add_argument("images", nargs="+", help="image files or fsspec URLs")
-    p.add_argument("--classes", required=True, help='comma-separated names, e.g. "cat,sofa"')
+    p = sub.add_parser(
+        "segment",
+        help="segment images with free-form class names",
+        description="Overlay PNG with a legend per image (and label maps with --save-labels). "
+        "Unreadable images are skipped with their reason, summarised at the end and listed in "
+        "<out>/failures.json; the exit code is then 1.",
+    )
+    p.add_argument(
+        "images",
+        nargs="+",
+        help="image files, globs ('photos/*.jpg', 's3://b/x/*.png') or folders / URL prefixes "
+        "(every image below them)",
+    )
+    p.add_argument("--classes", help='comma-separated names, e.g. "cat,sofa"')
+    p.add_argument(
+        "--classes-file", help="a file of class names, one per line (or comma-separated)"
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where the models run (auto: a GPU when torch sees one)",
+    )
     p.add_argument("--checkpoint", required=True, help="a train run's final/ folder")
     p.add_argument("-o", "--out", required=True, help="output folder for overlays")
     p.add_argument(
@@ -184,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--save-labels",
         action="store_true",
-        help="also write <stem>.npy label maps (0 background, k = k-th class)",
+        help="also write label maps: <stem>.npy (int32) and <stem>_labels.png (palette PNG); "
+        "0 background, k = the k-th class",
     )
     return parser
 
@@ -251,6 +282,8 @@ def _dispatch(args, parser) -> int:
             args.out,
             background=args.background,
             save_labels=args.save_labels,
+            classes_file=args.classes_file,
+            device=args.device,
         )
 
     cfg = _load(args)
@@ -262,6 +295,8 @@ def _dispatch(args, parser) -> int:
 
     if cmd == "train" and args.dry_run:
         return _dry_run(cfg, args)
+    if cmd == "eval" and args.dry_run:
+        return _eval_dry_run(cfg)
 
     from .cluster import ensure_ray
     from .preflight import preflight
@@ -296,15 +331,15 @@ def _dispatch(args, parser) -> int:
         run_train(cfg, cache)
         return 0
     if cmd == "eval":
-        from .evaluate import run_eval
+        from .evaluate import run_evals
 
         ensure_ray(cfg)
         checkpoint = args.checkpoint or _finished_final(cfg)
-        metrics = run_eval(cfg, checkpoint)
-        print(
-            f"student mIoU {metrics['student']['miou']:.3f}; "
-            + ", ".join(f"{k} {v['miou']:.3f}" for k, v in metrics["baselines"].items())
-        )
+        for name, metrics in run_evals(cfg, checkpoint).items():
+            print(
+                f"{name}: student mIoU {metrics['student']['miou']:.3f}; "
+                + ", ".join(f"{k} {v['miou']:.3f}" for k, v in metrics["baselines"].items())
+            )
         return 0
     raise AssertionError(cmd)
 
@@ -328,6 +363,20 @@ def _dry_run(cfg, args) -> int:
     for line in format_estimate(est):
         print(f"  {line}")
     print(json.dumps({"dry_run": est}))
+    return 0
+
+
+def _eval_dry_run(cfg) -> int:
+    """The evaluation plan, printed; no data is read and nothing is started."""
+    import json
+
+    from .eval_plan import format_plan, plan_eval
+
+    plan = plan_eval(cfg)
+    print(f"[eval --dry-run] {len(plan)} benchmark(s); nothing is read or started")
+    for line in format_plan(plan):
+        print(f"  {line}")
+    print(json.dumps({"dry_run": plan}))
     return 0
 
 

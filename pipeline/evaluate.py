@@ -1,29 +1,41 @@
 """eval: parallel Ray tasks score the student and the teacher-only baselines.
 
-One task per (split, image part) computes, for every method and every background rule of the
-sweep, a confusion matrix, and writes them as one ``parts/<split>-NNNN.npz`` (written last,
-so an existing part is a finished unit and reruns skip it). Finalize picks each method's
-background rule on the validation split, reports the benchmark split with that rule, and draws
-overlays. The same harness runs every method, so the comparison is like for like.
+One task per (benchmark, split, image part) reads its images through the benchmark's reader
+(``zeroseg.benchmarks``), computes for every method and every background rule of the sweep a
+confusion matrix, and writes them as one ``parts/<split>-NNNN.npz`` (written last, so an existing
+part is a finished unit and reruns skip it). Finalize sums the parts, picks each method's
+background rule on the validation split (shapes) or takes the pinned one (VOC / Context /
+COCO-Object), reports the benchmark split with that rule, and writes ``metrics.json``, a
+Markdown report with a confusion-matrix plot and overlays of the best and worst images. The same
+harness runs every method, so the comparison is like for like.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import time
 from typing import Any
 
 import numpy as np
 
-from zeroseg.config import Config, config_to_dict
+from zeroseg.config import Config, ConfigError, config_to_dict, eval_benchmarks
 
 from . import storage
 from .runner import StageDir, code_version, fingerprint, now, write_run_info
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+PER_IMAGE_KEY = "_student_miou"  # (images, rules): the student's mIoU per image and rule
+IDS_KEY = "_ids"
 
 
-def protocol(cfg: Config, class_names: list[str], input_size: int) -> dict[str, Any]:
+def protocol_name(cfg: Config, benchmark: str | None = None) -> str:
+    return cfg.eval.protocol or benchmark or eval_benchmarks(cfg.eval)[0]
+
+
+def protocol(
+    cfg: Config, class_names: list[str], input_size: int, benchmark: str | None = None
+) -> dict[str, Any]:
     """Everything that defines how a benchmark is scored; versioned and saved with metrics.
 
     The pinned protocol (``eval.protocol``, default the benchmark's name) fixes the background
@@ -32,16 +44,18 @@ def protocol(cfg: Config, class_names: list[str], input_size: int) -> dict[str, 
     """
     from zeroseg.protocols import load_protocol
 
-    pinned = load_protocol(protocol_name(cfg)).resolved(input_size)
+    benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
+    pinned = load_protocol(protocol_name(cfg, benchmark)).resolved(input_size)
     tune = pinned.tuned_on_val and cfg.eval.tune_on_val
     if pinned.tuned_on_val:
         rules = list(cfg.eval.background_rules) if tune else list(cfg.eval.background_rules[:1])
     else:
         rules = [pinned.background]
     return {
-        "name": cfg.eval.benchmark,
-        "pinned": pinned.to_dict(),
+        "name": pinned.name,
         "version": PROTOCOL_VERSION,
+        "benchmark": benchmark,
+        "pinned": pinned.to_dict(),
         "classes": class_names,
         "templates": list(cfg.teacher.templates),
         "background_prompt": "background",
@@ -57,44 +71,48 @@ def protocol(cfg: Config, class_names: list[str], input_size: int) -> dict[str, 
     }
 
 
-def has_shifted_split(cfg: Config) -> bool:
-    """The optional generalisation split is scored whenever it exists."""
-    return bool(cfg.data.shifted) and storage.exists(storage.join(cfg.data.shifted, "classes.json"))
+def benchmark_root(cfg: Config, benchmark: str) -> str:
+    """Where a benchmark's layout lives: ``data.bench`` for shapes, else ``eval.data_roots``
+    or the benchmark's folder below ``eval.data_root``."""
+    from zeroseg.benchmarks import DEFAULT_SUBDIRS
+
+    if benchmark == "shapes":
+        return cfg.data.bench
+    if benchmark in cfg.eval.data_roots:
+        return cfg.eval.data_roots[benchmark]
+    if not cfg.eval.data_root:
+        raise ConfigError(
+            f"eval.data_root: benchmark {benchmark!r} needs a data folder; set eval.data_root "
+            f"(or eval.data_roots.{benchmark})"
+        )
+    sub = DEFAULT_SUBDIRS.get(benchmark, "")
+    return storage.join(cfg.eval.data_root, sub) if sub else cfg.eval.data_root
 
 
-def protocol_name(cfg: Config) -> str:
-    return cfg.eval.protocol or cfg.eval.benchmark
+def has_shifted_split(cfg: Config, benchmark: str = "shapes") -> bool:
+    """The optional generalisation split (shapes only) is scored whenever it exists."""
+    return (
+        benchmark == "shapes"
+        and bool(cfg.data.shifted)
+        and storage.exists(storage.join(cfg.data.shifted, "classes.json"))
+    )
 
 
-def _read_split(uri: str) -> tuple[list[str], list[str]]:
-    classes = storage.read_json(storage.join(uri, "classes.json"))
-    images = storage.list_files(storage.join(uri, "images"), (".png",))
-    if not images:
-        raise FileNotFoundError(f"no images under {uri}/images")
-    return classes, images
+def _reader(benchmark: str, root: str):
+    from zeroseg.benchmarks import open_benchmark
 
-
-def _mask_uri(image_uri: str) -> str:
-    head, name = image_uri.rsplit("/", 1) if "/" in image_uri else ("", image_uri)
-    return f"{head.rsplit('/', 1)[0]}/masks/{name}"
-
-
-def load_pair(image_uri: str) -> tuple[np.ndarray, np.ndarray]:
-    from PIL import Image
-
-    image = np.array(Image.open(io.BytesIO(storage.read_bytes(image_uri))).convert("RGB"))
-    mask = np.asarray(Image.open(io.BytesIO(storage.read_bytes(_mask_uri(image_uri)))))
-    return image, mask.astype(np.int64)
+    return open_benchmark(benchmark, root)
 
 
 class Scorer:
-    """Student + teacher + text embeddings, loaded once per task."""
+    """Student + teacher + text embeddings, loaded once per task (on a GPU when given one)."""
 
     def __init__(
         self,
         final_uri: str,
         class_names: list[str],
         proto: dict[str, Any],
+        device: str = "cpu",
     ):
         from zeroseg.predict import text_embeddings
         from zeroseg.teacher import Teacher
@@ -102,9 +120,13 @@ class Scorer:
         from .train import load_student
 
         self.student, self.info = load_student(final_uri)
+        self.student.to(device)
         t = self.info["teacher"]
         self.teacher = Teacher(
-            t["model"], t["pretrained"] or None, normalize=self.info.get("teacher_normalize", True)
+            t["model"],
+            t["pretrained"] or None,
+            normalize=self.info.get("teacher_normalize", True),
+            device=device,
         )
         # class_names[0] is the benchmark's background; the background prompt takes its place.
         self.text = text_embeddings(self.teacher, class_names[1:], proto["templates"])
@@ -117,7 +139,7 @@ class Scorer:
     def cosines(self, method: str, image: np.ndarray):
         from zeroseg.predict import method_cosines
 
-        return method_cosines(
+        cos = method_cosines(
             method,
             image,
             self.text,
@@ -128,73 +150,109 @@ class Scorer:
             window=self.window,
             stride=self.stride,
         )
+        return None if cos is None else cos.cpu()
+
+
+def task_device(gpus: float) -> str:
+    import torch
+
+    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 def eval_part(
     final_uri: str,
     out_uri: str,
-    images: list[str],
+    benchmark: str,
+    root: str,
+    sample_ids: list[str],
     class_names: list[str],
     proto: dict[str, Any],
     threads: int,
+    gpus: float = 0.0,
 ) -> str:
-    """One task: confusion matrices ``(R, K, K)`` per method (R rules) for a list of images."""
+    """One task: confusion matrices ``(R, K, K)`` per method (R rules) for a list of samples,
+    plus the student's per-image mIoU per rule (to pick the best and worst images)."""
     import torch
 
-    from zeroseg.metrics import confusion_matrix
+    from zeroseg.metrics import confusion_matrix, scores_from_confusion
     from zeroseg.predict import METHODS, apply_rule
 
     torch.set_num_threads(max(1, threads))
     rules = proto["background_rules"]
-    scorer = Scorer(final_uri, class_names, proto)
+    reader = _reader(benchmark, root)
+    scorer = Scorer(final_uri, class_names, proto, task_device(gpus))
     k = len(class_names)
     conf = {m: np.zeros((len(rules), k, k), np.int64) for m in METHODS}
-    for uri in images:
-        image, mask = load_pair(uri)
+    per_image = np.zeros((len(sample_ids), len(rules)), np.float64)
+    for n, sid in enumerate(sample_ids):
+        image, mask = reader.load(sid)
         for m in METHODS:
             cos = scorer.cosines(m, image)
             for i, rule in enumerate(rules):
                 labels = apply_rule(cos, rule, mask.shape, proto["prob_scale"])
-                conf[m][i] += confusion_matrix(labels, mask, k)
+                cm = confusion_matrix(labels, mask, k)
+                conf[m][i] += cm
+                if m == "student":
+                    per_image[n, i] = scores_from_confusion(cm, class_names)["miou"]
     buf = io.BytesIO()
-    np.savez(buf, **conf)
+    np.savez(buf, **conf, **{PER_IMAGE_KEY: per_image, IDS_KEY: np.array(sample_ids, dtype=str)})
     storage.write_bytes(out_uri, buf.getvalue())
     return out_uri
 
 
-def eval_fingerprint(cfg: Config, final_uri: str, proto: dict[str, Any]) -> str:
+def eval_fingerprint(
+    cfg: Config, final_uri: str, proto: dict[str, Any], roots: dict[str, str]
+) -> str:
     weights = storage.join(final_uri, "model.safetensors")
     return fingerprint(
         {
             "weights": {"uri": storage.normalize(weights), **storage.file_signature(weights)},
-            "bench": storage.normalize(cfg.data.bench),
-            "val": storage.normalize(cfg.data.val) if proto["tune_on_val"] else None,
-            "shifted": storage.normalize(cfg.data.shifted) if has_shifted_split(cfg) else None,
+            **{split: storage.normalize(uri) for split, uri in roots.items()},
             "protocol": proto,
         }
     )
 
 
-def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
-    """Score the student and baselines; returns (and writes) ``metrics.json``."""
+def plan_splits(cfg: Config, benchmark: str, tune: bool) -> dict[str, str]:
+    """split name -> data root: the benchmark split, plus val / shifted for shapes."""
+    splits = {"bench": benchmark_root(cfg, benchmark)}
+    if benchmark == "shapes":
+        if tune:
+            splits["val"] = cfg.data.val
+        if has_shifted_split(cfg, benchmark):
+            splits["shifted"] = cfg.data.shifted
+    return splits
+
+
+def run_evals(cfg: Config, final_uri: str, log=print) -> dict[str, dict[str, Any]]:
+    """Every benchmark of the job (``eval.benchmarks`` or ``eval.benchmark``), one after another;
+    each one's tasks run in parallel."""
+    return {b: run_eval(cfg, final_uri, log, benchmark=b) for b in eval_benchmarks(cfg.eval)}
+
+
+def run_eval(
+    cfg: Config, final_uri: str, log=print, benchmark: str | None = None
+) -> dict[str, Any]:
+    """Score the student and baselines on one benchmark; returns (and writes) ``metrics.json``."""
     import ray
     from tqdm import tqdm
 
-    class_names, bench_images = _read_split(cfg.data.bench)
+    benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
+    bench_reader = _reader(benchmark, benchmark_root(cfg, benchmark))
+    class_names = bench_reader.class_names()
     student_info = storage.read_json(storage.join(final_uri, "config.json"))
-    proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]))
-    splits = {"bench": bench_images}
-    extra = {"val": cfg.data.val} if proto["tune_on_val"] else {}
-    if has_shifted_split(cfg):
-        extra["shifted"] = cfg.data.shifted
-    for split, uri in extra.items():
-        split_classes, splits[split] = _read_split(uri)
-        if split_classes != class_names:
-            raise ValueError(f"{split} and benchmark splits have different classes.json")
-    fp = eval_fingerprint(cfg, final_uri, proto)
-    stage = StageDir(
-        storage.join(cfg.storage.root, "eval", fp, cfg.eval.benchmark), marker_dir="parts"
-    )
+    proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]), benchmark)
+    roots = plan_splits(cfg, benchmark, proto["tune_on_val"])
+    ids = {"bench": bench_reader.sample_ids()}
+    for split, uri in roots.items():
+        if split == "bench":
+            continue
+        reader = _reader(benchmark, uri)
+        if reader.class_names() != class_names:
+            raise ValueError(f"{split} and benchmark splits have different classes")
+        ids[split] = reader.sample_ids()
+    fp = eval_fingerprint(cfg, final_uri, proto, roots)
+    stage = StageDir(storage.join(cfg.storage.root, "eval", fp, benchmark), marker_dir="parts")
     metrics_uri = stage.path("metrics.json")
     if stage.succeeded():
         log(f"[eval] finished evaluation found, skipping: {stage.uri}")
@@ -204,49 +262,75 @@ def run_eval(cfg: Config, final_uri: str, log=print) -> dict[str, Any]:
 
     per = cfg.eval.images_per_task
     units = [
-        (split, i, imgs[i : i + per])
-        for split, imgs in splits.items()
-        for i in range(0, len(imgs), per)
+        (split, i, split_ids[i : i + per])
+        for split, split_ids in ids.items()
+        for i in range(0, len(split_ids), per)
     ]
-    remote = ray.remote(num_cpus=cfg.eval.num_cpus_per_task, max_retries=2)(eval_part)
+    gpus = float(cfg.eval.gpus_per_task)
+    remote = ray.remote(num_cpus=cfg.eval.num_cpus_per_task, num_gpus=gpus, max_retries=2)(
+        eval_part
+    )
     futures = {}
     skipped = 0
-    for split, i, imgs in units:
-        out = stage.path("parts", f"{split}-{i // per:04d}.npz")
+    threads = max(1, int(cfg.eval.num_cpus_per_task))
+    for split, i, chunk in units:
+        out = stage.path("parts", _part_name(split, i, per))
         if storage.exists(out):
             skipped += 1
             continue
-        futures[
-            remote.remote(final_uri, out, imgs, class_names, proto, int(cfg.eval.num_cpus_per_task))
-        ] = out
+        ref = remote.remote(
+            final_uri, out, benchmark, roots[split], chunk, class_names, proto, threads, gpus
+        )
+        futures[ref] = out
     log(
-        f"[eval] {sum(len(v) for v in splits.values())} images in {len(units)} tasks "
+        f"[eval] {benchmark}: {sum(len(v) for v in ids.values())} images in {len(units)} tasks "
         f"({skipped} already done) -> {stage.uri}"
     )
     t0 = time.perf_counter()
     pending = list(futures)
-    with tqdm(total=len(units), initial=skipped, desc="eval tasks", unit="task") as bar:
+    with tqdm(total=len(units), initial=skipped, desc=f"eval {benchmark}", unit="task") as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             ray.get(done)
             bar.update(len(done))
-    metrics = finalize_eval(
-        stage, units, per, class_names, proto, cfg, final_uri, time.perf_counter() - t0, log
+    return finalize_eval(
+        stage,
+        units,
+        per,
+        class_names,
+        proto,
+        cfg,
+        final_uri,
+        time.perf_counter() - t0,
+        log,
+        benchmark,
+        roots,
     )
-    return metrics
 
 
-def _sum_parts(stage: StageDir, units, per: int, split: str) -> dict[str, np.ndarray]:
+def _part_name(split: str, start: int, per: int) -> str:
+    return f"{split}-{start // per:04d}.npz"
+
+
+def _sum_parts(
+    stage: StageDir, units, per: int, split: str
+) -> tuple[dict[str, np.ndarray], list[str], np.ndarray | None]:
+    """Summed confusion matrices of one split, with its sample ids and per-image scores."""
     total: dict[str, np.ndarray] = {}
+    ids: list[str] = []
+    per_image = []
     for s, i, _ in units:
         if s != split:
             continue
-        with np.load(
-            io.BytesIO(storage.read_bytes(stage.path("parts", f"{s}-{i // per:04d}.npz")))
-        ) as part:
+        data = storage.read_bytes(stage.path("parts", _part_name(s, i, per)))
+        with np.load(io.BytesIO(data)) as part:
             for m in part.files:
+                if m.startswith("_"):
+                    continue
                 total[m] = total[m] + part[m] if m in total else part[m].copy()
-    return total
+            ids += [str(x) for x in part[IDS_KEY]]
+            per_image.append(part[PER_IMAGE_KEY])
+    return total, ids, (np.concatenate(per_image) if per_image else None)
 
 
 def finalize_eval(
@@ -259,22 +343,28 @@ def finalize_eval(
     final_uri: str,
     seconds: float,
     log,
+    benchmark: str | None = None,
+    roots: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from zeroseg.metrics import scores_from_confusion
     from zeroseg.predict import METHODS
 
+    benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
+    roots = roots or plan_splits(cfg, benchmark, proto["tune_on_val"])
     rules = proto["background_rules"]
-    bench = _sum_parts(stage, units, per, "bench")
-    val = _sum_parts(stage, units, per, "val") if proto["tune_on_val"] else None
-    shifted = _sum_parts(stage, units, per, "shifted")
+    bench, bench_ids, bench_per_image = _sum_parts(stage, units, per, "bench")
+    val = _sum_parts(stage, units, per, "val")[0] if proto["tune_on_val"] else None
+    shifted = _sum_parts(stage, units, per, "shifted")[0]
 
     def miou_by_rule(conf: np.ndarray) -> list[float]:
         return [scores_from_confusion(conf[i], class_names)["miou"] for i in range(len(rules))]
 
     results: dict[str, Any] = {}
+    chosen_rule_index: dict[str, int] = {}
     for m in METHODS:
         val_miou = miou_by_rule(val[m]) if val is not None else None
         best = int(np.argmax(val_miou)) if val_miou is not None else 0
+        chosen_rule_index[m] = best
         results[m] = {
             **scores_from_confusion(bench[m][best], class_names),
             "rule": rules[best],
@@ -284,10 +374,13 @@ def finalize_eval(
         if shifted:
             results[m]["shifted"] = scores_from_confusion(shifted[m][best], class_names)
     metrics = {
-        "benchmark": cfg.eval.benchmark,
+        "benchmark": benchmark,
+        "protocol_name": proto["name"],
+        "protocol_version": proto["version"],
         "protocol": proto,
         "checkpoint": final_uri,
-        "num_images": sum(len(u[2]) for u in units if u[0] == "bench"),
+        "data": roots["bench"],
+        "num_images": len(bench_ids),
         "num_shifted_images": sum(len(u[2]) for u in units if u[0] == "shifted"),
         "student": results["student"],
         "baselines": {m: results[m] for m in METHODS if m != "student"},
@@ -295,13 +388,46 @@ def finalize_eval(
         "code": code_version(),
         "created_at": now(),
     }
+    per_image = (
+        bench_per_image[:, chosen_rule_index["student"]]
+        if bench_per_image is not None
+        else np.zeros(len(bench_ids))
+    )
+    picks = pick_best_worst(bench_ids, per_image, cfg.eval.overlays)
+    overlays: list[tuple[str, str, float]] = []
     try:
-        draw_overlays(stage, final_uri, class_names, proto, metrics, cfg)
+        overlays = draw_overlays(
+            stage, final_uri, class_names, proto, metrics, benchmark, roots["bench"], picks
+        )
     except Exception as exc:  # pictures must not lose finished metrics
         log(f"[eval] overlays failed: {exc}")
     storage.write_json(stage.path("metrics.json"), metrics)
+    try:
+        write_report(stage, metrics, bench["student"][chosen_rule_index["student"]], overlays)
+    except Exception as exc:  # nor must the report
+        log(f"[eval] report failed: {exc}")
     stage.mark_success()
+    log(f"[eval] {benchmark}: report at {stage.path('report.md')}")
     return metrics
+
+
+def pick_best_worst(ids: list[str], scores: np.ndarray, count: int) -> list[tuple[str, str, float]]:
+    """``count`` images split between the highest and lowest student mIoU: (kind, id, mIoU)."""
+    count = min(count, len(ids))
+    if count <= 0:
+        return []
+    order = sorted(range(len(ids)), key=lambda j: (-float(scores[j]), ids[j]))
+    n_best = math.ceil(count / 2)
+    best = order[:n_best]
+    worst = [j for j in reversed(order) if j not in best][: count - n_best]
+    return [("best", ids[j], float(scores[j])) for j in best] + [
+        ("worst", ids[j], float(scores[j])) for j in worst
+    ]
+
+
+def _safe(sample_id: str) -> str:
+    stem = sample_id.rsplit(".", 1)[0] if sample_id.endswith(".png") else sample_id
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
 
 
 def draw_overlays(
@@ -310,25 +436,53 @@ def draw_overlays(
     class_names: list[str],
     proto: dict[str, Any],
     metrics: dict[str, Any],
-    cfg: Config,
-) -> None:
-    """Image | truth | student | baselines, each with the rule chosen for it."""
+    benchmark: str,
+    root: str,
+    picks: list[tuple[str, str, float]],
+) -> list[tuple[str, str, float]]:
+    """Image | truth | student | baselines for the picked images, each method with its rule;
+    returns (file name, sample id, student mIoU) per picture."""
     from zeroseg.overlay import panel
     from zeroseg.predict import BASELINES, apply_rule
 
-    _, images = _read_split(cfg.data.bench)
+    if not picks:
+        return []
+    reader = _reader(benchmark, root)
     scorer = Scorer(final_uri, class_names, proto)
     chosen = {
         "student": metrics["student"]["rule"],
         **{m: v["rule"] for m, v in metrics["baselines"].items()},
     }
-    for uri in images[: cfg.eval.overlays]:
-        image, mask = load_pair(uri)
+    written = []
+    rank = {"best": 0, "worst": 0}
+    for kind, sid, score in picks:
+        image, mask = reader.load(sid)
         maps = [("truth", np.where(mask == 255, 0, mask))]
         for m in ("student", *BASELINES[:-1]):
             cos = scorer.cosines(m, image)
             maps.append((m, apply_rule(cos, chosen[m], mask.shape, proto["prob_scale"])))
         buf = io.BytesIO()
         panel(image, maps, class_names, scale=max(1, 128 // image.shape[0])).save(buf, "PNG")
-        name = uri.rsplit("/", 1)[-1]
+        rank[kind] += 1
+        name = f"{kind}-{rank[kind]:02d}-{_safe(sid)}.png"
         storage.write_bytes(stage.path("overlays", name), buf.getvalue())
+        written.append((name, sid, score))
+    return written
+
+
+def write_report(
+    stage: StageDir,
+    metrics: dict[str, Any],
+    student_confusion: np.ndarray,
+    overlays: list[tuple[str, str, float]],
+) -> str:
+    """``report.md`` and ``confusion.png`` beside ``metrics.json``."""
+    from zeroseg.report import confusion_png, render_report
+
+    names = metrics["protocol"]["classes"]
+    storage.write_bytes(stage.path("confusion.png"), confusion_png(student_confusion, names))
+    text = render_report(
+        metrics, "confusion.png", [(f"overlays/{n}", s, v) for n, s, v in overlays]
+    )
+    storage.write_text(stage.path("report.md"), text)
+    return stage.path("report.md")

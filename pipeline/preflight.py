@@ -56,5 +56,13 @@ def preflight(cfg: Config, stage: str) -> None:
     check_writable(cfg.storage.root, "storage.root")
     if stage == "extract" or (stage == "run" and not cfg.world.generate):
         check_readable_folder(cfg.data.train, "data.train")
-    if stage == "eval" or (stage == "run" and not cfg.world.generate):
+    if stage == "run" and not cfg.world.generate:
         check_readable_folder(cfg.data.bench, "data.bench")
+    if stage == "eval":
+        from zeroseg.config import eval_benchmarks
+
+        from .evaluate import benchmark_root
+
+        for name in eval_benchmarks(cfg.eval):
+            key = "data.bench" if name == "shapes" else f"eval.data_root ({name})"
+            check_readable_folder(benchmark_root(cfg, name), key)

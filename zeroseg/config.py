@@ -182,12 +182,23 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
+    # One benchmark reader by name (zeroseg.benchmarks: shapes | voc | context | coco_object).
     benchmark: str = "shapes"
+    # Several benchmarks in one job (non-empty overrides eval.benchmark), e.g. [voc, context].
+    benchmarks: list[str] = field(default_factory=list)
+    # Folder (any fsspec URL) holding the real benchmarks in their public layouts: VOCdevkit/
+    # (VOC2012 and VOC2010 with the Context labels) and coco/ (annotations/ + val2017/).
+    # shapes always reads data.bench.
+    data_root: str = ""
+    # Per-benchmark folder, overriding data_root for that benchmark, e.g. {coco_object: s3://b/coco}.
+    data_roots: dict[str, str] = field(default_factory=dict)
     # Pinned protocol in zeroseg/protocol_configs (background rule, short side, sliding window);
     # empty = the benchmark's name. voc / context / coco_object fix the paper's thresholds.
     protocol: str = ""
     images_per_task: int = 50
     num_cpus_per_task: float = 1.0
+    # GPU share per task on a GPU cluster (e.g. 0.25 packs four tasks on a GPU); 0 = CPU.
+    gpus_per_task: float = 0.0
     # How pixels become background, each scored in the same pass: "prompt" (a background text
     # prompt competes with the classes), "threshold:P" (max softmax(prob_scale * cos) below P;
     # the paper's protocol), "cosine:C" (max raw cosine below C). With tune_on_val, each method
@@ -326,14 +337,49 @@ def _check(cfg: Config) -> None:
             problems.append(("eval.background_rules", f"bad rule {rule!r}"))
     if not cfg.eval.background_rules:
         problems.append(("eval.background_rules", "must not be empty"))
-    from .protocols import list_protocols
-
-    proto = cfg.eval.protocol or cfg.eval.benchmark
-    if proto not in list_protocols():
-        key = "eval.protocol" if cfg.eval.protocol else "eval.benchmark"
-        problems.append((key, f"no pinned protocol {proto!r}; known: {list_protocols()}"))
+    problems.extend(_eval_problems(cfg.eval))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def eval_benchmarks(ev: EvalConfig) -> list[str]:
+    """The benchmarks one eval job scores: ``eval.benchmarks``, else ``[eval.benchmark]``."""
+    return list(ev.benchmarks) or [ev.benchmark]
+
+
+def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
+    from .benchmarks import benchmark_names
+    from .protocols import list_protocols
+
+    problems: list[tuple[str, str]] = []
+    key = "eval.benchmarks" if ev.benchmarks else "eval.benchmark"
+    names = eval_benchmarks(ev)
+    for name in names:
+        if name not in benchmark_names():
+            problems.append((key, f"unknown benchmark {name!r}; known: {benchmark_names()}"))
+    if len(set(names)) != len(names):
+        problems.append((key, "lists a benchmark twice"))
+    if ev.protocol and len(names) > 1:
+        problems.append(("eval.protocol", "set it only with one benchmark (each uses its own)"))
+    for name in names:
+        if name not in benchmark_names():
+            continue
+        if name != "shapes" and not ev.data_root and name not in ev.data_roots:
+            problems.append(
+                ("eval.data_root", f"benchmark {name!r} needs it (or eval.data_roots.{name})")
+            )
+        proto = ev.protocol or name
+        if proto not in list_protocols():
+            k = "eval.protocol" if ev.protocol else key
+            problems.append((k, f"no pinned protocol {proto!r}; known: {list_protocols()}"))
+    for name in ev.data_roots:
+        if name not in benchmark_names():
+            problems.append(
+                (f"eval.data_roots.{name}", f"unknown benchmark; known: {benchmark_names()}")
+            )
+    if ev.gpus_per_task < 0 or ev.num_cpus_per_task < 0:
+        problems.append(("eval.gpus_per_task/num_cpus_per_task", "must be >= 0"))
+    return problems
 
 
 def actor_range(extract: ExtractConfig) -> tuple[int, int]:

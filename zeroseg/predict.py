@@ -82,7 +82,8 @@ def student_cosines(
     h, w = image.shape[:2]
     window = window or size
     resized = short_side_size((h, w), size, student.cfg.patch_size)
-    x = image_tensor(image, resized)[0]
+    # on the student's device, so a GPU task computes there
+    x = image_tensor(image, resized)[0].to(next(student.parameters()).device)
 
     def window_scores(crop: torch.Tensor) -> torch.Tensor:
         segments, pixel_groups = student.segment(crop)
