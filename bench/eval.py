@@ -14,31 +14,18 @@ Usage: python bench/eval.py [--images 16] [--repeats 2]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 
+from measures import emitter  # bench/, the script's own folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def emit(measure: str, value: float, goal: float | None, unit: str, **extra) -> None:
-    print(
-        json.dumps(
-            {
-                "bench": "eval",
-                "measure": measure,
-                "value": round(value, 4),
-                "goal": goal,
-                "unit": unit,
-                **extra,
-            }
-        ),
-        flush=True,
-    )
+emit = emitter("eval")
 
 
 def timed_eval(tmp: str, tag: str, final: str, data: str, per_task: int) -> float:

@@ -31,24 +31,12 @@ import sys
 import tempfile
 import time
 
+from measures import emitter  # bench/, the script's own folder
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-def emit(measure: str, value: float, goal: float | None, unit: str, **extra) -> None:
-    print(
-        json.dumps(
-            {
-                "bench": "train",
-                "measure": measure,
-                "value": round(value, 4),
-                "goal": goal,
-                "unit": unit,
-                **extra,
-            }
-        ),
-        flush=True,
-    )
+emit = emitter("train")
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import zarr
 
 from pipeline.teachers import resolve_teacher
 from tests.conftest import tiny_overrides
+from tests.processes import pid_alive
 from zeroseg.config import load_config
 
 pytestmark = pytest.mark.integration
@@ -28,14 +29,6 @@ def _cache(root: str) -> tuple[str, dict[str, np.ndarray]]:
     (stage,) = glob.glob(f"{root}/extract/*")
     group = zarr.open_group(f"{stage}/cache.zarr", mode="r")
     return stage, {k: np.asarray(group[k][:]) for k in ("embeddings", "pixels", "valid")}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
@@ -77,7 +70,7 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
         int(json.load(open(p))["worker"].rsplit(":", 1)[1])
         for p in glob.glob(f"{stage}/shards/*.json")
     }
-    while any(_alive(pid) for pid in actors):
+    while any(pid_alive(pid) for pid in actors):
         assert time.time() < deadline + 60, "orphaned actors did not exit"
         time.sleep(0.2)
     assert not os.path.exists(f"{stage}/_SUCCESS")

@@ -16,6 +16,7 @@ import pytest
 import s3fs
 
 from pipeline.train import run_train
+from tests.processes import pid_alive
 from tests.synthetic_cache import write_cache
 from zeroseg.config import load_config
 
@@ -145,7 +146,7 @@ def test_killed_driver_rerun_resumes(cache, tmp_path):
     (marker,) = glob.glob(f"{root}/train/*/workers/rank-0.json")
     first_pid = json.load(open(marker))["pid"]
     deadline = time.time() + 60
-    while _alive(first_pid):  # Ray ends the orphaned worker after its driver is gone
+    while pid_alive(first_pid):  # Ray ends the orphaned worker after its driver is gone
         assert time.time() < deadline, "orphaned training worker did not exit"
         time.sleep(0.2)
     assert not glob.glob(f"{root}/train/*/final/model.safetensors")
@@ -158,14 +159,6 @@ def test_killed_driver_rerun_resumes(cache, tmp_path):
     (final,) = glob.glob(f"{root}/train/*/final")
     rows = _history(final)
     assert rows[-1]["step"] == 120 and rows[-1]["resumed_from_step"] == start
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_checkpoints_and_metrics_on_s3(ray_local, s3_server, tmp_path):
