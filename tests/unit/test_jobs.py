@@ -1,0 +1,82 @@
+"""Every job config loads, the paper-scale configs agree with each other, and the runtime env
+keeps the packaged working dir small."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from zeroseg.config import config_to_dict, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml")
+RAY_WORKING_DIR_LIMIT = 100 * 1024 * 1024
+
+
+@pytest.mark.parametrize("path", JOBS, ids=lambda p: p.name)
+def test_every_job_config_loads(path):
+    cfg = load_config(str(path))
+    assert cfg.storage.root
+
+
+def test_paper_scale_configs_exist_and_share_one_cache():
+    names = {p.name for p in JOBS}
+    for name in ("extract_in1k_vitl14.yaml", "train_in1k_vitb16.yaml", "run_in1k.yaml"):
+        assert name in names
+    # everything the cache fingerprint reads must agree, or training would not find the cache
+    cache_keys = ("storage", "data", "teacher", "views")
+    configs = {
+        n: config_to_dict(load_config(str(ROOT / "jobs" / n)))
+        for n in ("extract_in1k_vitl14.yaml", "train_in1k_vitb16.yaml", "run_in1k.yaml")
+    }
+    first = configs["run_in1k.yaml"]
+    for name, cfg in configs.items():
+        for key in cache_keys:
+            assert cfg[key] == first[key], (name, key)
+        assert cfg["extract"]["images_per_shard"] == first["extract"]["images_per_shard"], name
+        assert cfg["teacher"]["model"] == "ViT-L-14", name
+    assert configs["extract_in1k_vitl14.yaml"]["extract"] == first["extract"]
+    assert configs["train_in1k_vitb16.yaml"]["train"] == first["train"]
+    assert first["student"]["preset"] == "zeroseg-vit-b16"
+    paper_eval = config_to_dict(load_config(str(ROOT / "jobs" / "eval_paper.yaml")))["eval"]
+    for key in ("benchmarks", "images_per_task", "num_cpus_per_task", "gpus_per_task"):
+        assert first["eval"][key] == paper_eval[key], key
+
+
+def _runtime_env() -> dict:
+    return yaml.safe_load((ROOT / "jobs" / "runtime_env.yaml").read_text())
+
+
+def test_runtime_env_excludes_history_data_outputs_and_virtualenvs():
+    env = _runtime_env()
+    assert env["working_dir"] == "."
+    excludes = set(env["excludes"])
+    for needed in (".git", ".venv", "/runs", "/data", "**/__pycache__", "*.zarr"):
+        assert needed in excludes, needed
+    # credentials are never shipped with a job
+    text = (ROOT / "jobs" / "runtime_env.yaml").read_text()
+    for word in ("AWS_SECRET", "AWS_ACCESS_KEY", "RAY_AUTH_TOKEN", "password"):
+        assert word not in text
+
+
+def test_packaged_working_dir_stays_under_rays_limit(tmp_path):
+    """Ray's own packager, without .gitignore help, with only the runtime env's excludes."""
+    from ray._private.runtime_env.packaging import create_package
+
+    target = tmp_path / "working_dir.zip"
+    create_package(
+        str(ROOT), target, include_gitignore=False, excludes=list(_runtime_env()["excludes"])
+    )
+    size = target.stat().st_size
+    assert size < RAY_WORKING_DIR_LIMIT, f"{size / 2**20:.1f} MiB"
+    names = zipfile.ZipFile(target).namelist()
+    assert "pipeline/cli.py" in names and "jobs/run_in1k.yaml" in names
+    # top-level data/ is excluded, the library's data package is not
+    assert "zeroseg/data/shapes.py" in names
+    for name in names:
+        top = name.split("/", 1)[0]
+        assert top not in {".git", ".venv", "runs", "data"}, name
+        assert "__pycache__" not in name, name
