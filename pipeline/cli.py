@@ -325,7 +325,8 @@ def _dispatch(args, parser) -> int:
     if cmd == "train":
         from .train import check_cache, run_train
 
-        cache = args.cache or _finished_cache(cfg)
+        cache = args.cache or _finished_cache(cfg, upstream_command(args, "extract"))
+        _require_finished(cache, "teacher cache", upstream_command(args, "extract"))
         check_cache(cfg, cache)  # a cache that does not fit the config fails before Ray starts
         ensure_ray(cfg)
         run_train(cfg, cache)
@@ -334,7 +335,10 @@ def _dispatch(args, parser) -> int:
         from .evaluate import run_evals
 
         ensure_ray(cfg)
-        checkpoint = args.checkpoint or _finished_final(cfg)
+        checkpoint = args.checkpoint or _finished_final(
+            cfg, upstream_command(args, "extract"), upstream_command(args, "train")
+        )
+        _require_final(checkpoint, upstream_command(args, "train"))
         for name, metrics in run_evals(cfg, checkpoint).items():
             print(
                 f"{name}: student mIoU {metrics['student']['miou']:.3f}; "
@@ -380,7 +384,44 @@ def _eval_dry_run(cfg) -> int:
     return 0
 
 
-def _finished_cache(cfg) -> str:
+def upstream_command(args, stage: str) -> str:
+    """The command that produces ``stage``'s output for the same config and overrides, so a
+    missing upstream names exactly what to run first."""
+    import shlex
+
+    parts = ["zeroseg", stage]
+    if getattr(args, "config", None):
+        parts += ["--config", args.config]
+    parts += list(getattr(args, "overrides", None) or [])
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _require_finished(uri: str, what: str, command: str) -> None:
+    """An upstream stage folder must carry ``_SUCCESS``; else say what to run first."""
+    from . import storage
+    from .runner import StageDir
+
+    if not StageDir(uri).succeeded():
+        raise FileNotFoundError(
+            f"the {what} at {storage.normalize(uri)} is not finished (no _SUCCESS); run "
+            f"`{command}` first (it resumes where it stopped)"
+        )
+
+
+def _require_final(final: str, command: str) -> None:
+    """A checkpoint folder must hold the final weights and their config."""
+    from . import storage
+    from .train import WEIGHTS
+
+    for name in (WEIGHTS, "config.json"):
+        if not storage.exists(storage.join(final, name)):
+            raise FileNotFoundError(
+                f"no finished training run at {storage.normalize(final)} ({name} is missing); "
+                f"run `{command}` first, or pass --checkpoint <a run's final/ folder>"
+            )
+
+
+def _finished_cache(cfg, command: str = "zeroseg extract") -> str:
     """The cache this config's extract stage produces; an actionable error if missing."""
     from . import storage
     from .extract import extract_fingerprint, stage_uri
@@ -392,24 +433,30 @@ def _finished_cache(cfg) -> str:
     uri = stage_uri(cfg, extract_fingerprint(cfg, teacher, plan_inputs(cfg.data.train)))
     if not StageDir(uri).succeeded():
         raise FileNotFoundError(
-            f"no finished teacher cache for this config at {storage.normalize(uri)}; run "
-            "`zeroseg extract` with the same config first"
+            f"no finished teacher cache for this config at {storage.normalize(uri)} (no "
+            f"_SUCCESS for fingerprint {uri.rstrip('/').rsplit('/', 1)[-1]}); run `{command}` first"
         )
     return uri
 
 
-def _finished_final(cfg) -> str:
+def _finished_final(
+    cfg, extract_command: str = "zeroseg extract", train_command: str = "zeroseg train"
+) -> str:
+    """The final/ folder this config's train stage produces; names what to run when missing."""
     from . import storage
     from .cache import CacheReader
     from .train import FINAL, WEIGHTS, run_dir
 
-    cache = _finished_cache(cfg)
+    try:
+        cache = _finished_cache(cfg, extract_command)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}, then `{train_command}`") from None
     storage_path, name = run_dir(cfg, CacheReader(cache).manifest["fingerprint"])
     final = storage.join(storage_path, name, FINAL)
     if not storage.exists(storage.join(final, WEIGHTS)):
         raise FileNotFoundError(
-            f"no finished training run for this config at {final}; run `zeroseg train` with the "
-            "same config first, or pass --checkpoint"
+            f"no finished training run for this config at {final}; run `{train_command}` "
+            "first, or pass --checkpoint"
         )
     return final
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -281,3 +282,56 @@ def test_data_shapes_command(tmp_path):
     assert main(["data", "shapes", "--out", str(tmp_path / "u"), "--n", "2"]) == 0
     assert not (tmp_path / "u" / "masks").exists()
     assert storage.list_files(str(tmp_path / "u"), (".png",))
+
+
+def test_a_stage_without_its_upstream_names_what_to_run_first(
+    demo, tmp_path, capsys, teacher_cache
+):
+    cfg, _, _ = demo
+    args = [
+        "--config",
+        "jobs/demo.yaml",
+        *tiny_overrides(str(tmp_path / "empty"), teacher_cache),
+        f"data.train={cfg.data.train}",
+        f"data.val={cfg.data.val}",
+        f"data.bench={cfg.data.bench}",
+    ]
+    extract = shlex.join(["zeroseg", "extract", *args])
+    train = shlex.join(["zeroseg", "train", *args])
+    assert main(["train", *args]) == 1
+    err = capsys.readouterr().err
+    assert "no finished teacher cache for this config" in err
+    assert f"run `{extract}` first" in err
+    assert main(["eval", *args]) == 1
+    err = capsys.readouterr().err
+    assert f"run `{extract}` first, then `{train}`" in err
+    # a named cache or checkpoint that is not finished is refused the same way
+    assert main(["train", *args, "--cache", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "is not finished (no _SUCCESS)" in err and f"run `{extract}` first" in err
+    assert main(["eval", *args, "--checkpoint", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "model.safetensors is missing" in err and f"run `{train}` first" in err
+
+
+def test_run_reruns_only_what_a_config_change_invalidates(demo, teacher_cache):
+    from pipeline.extract import run_extract
+
+    cfg, summary, _ = demo
+    demo_overrides = [*tiny_overrides(cfg.storage.root, teacher_cache), "world.n_shifted=6"]
+    logs: list[str] = []
+    changed = load_config("jobs/demo.yaml", [*demo_overrides, "train.epochs=1"])
+    again = run_all(changed, log=logs.append)
+    text = "\n".join(logs)
+    assert "[extract] cache complete, skipping" in text  # a training setting keeps the cache
+    assert "[train] finished run found, skipping" not in text
+    assert "[eval] finished evaluation found, skipping" not in text
+    assert again["checkpoint"] != summary["checkpoint"]
+    # the views are part of the cache: changing them extracts a new one beside the old
+    before = set(os.listdir(os.path.join(cfg.storage.root, "extract")))
+    views = load_config("jobs/demo.yaml", [*demo_overrides, "views.levels=[1,2]"])
+    logs.clear()
+    new_cache = run_extract(views, log=logs.append)
+    assert not any("cache complete, skipping" in line for line in logs)
+    after = set(os.listdir(os.path.join(cfg.storage.root, "extract")))
+    assert before < after and os.path.basename(new_cache) in after - before
