@@ -19,6 +19,8 @@ examples:
   zeroseg eval --config jobs/demo.yaml --checkpoint runs/demo/train/<run>/final
   zeroseg ablate --config jobs/ablation.yaml             # one cache, a table of recipes
   zeroseg status runs/demo/extract/<fingerprint>
+  zeroseg submit extract --address http://HEAD:8265 --config jobs/extract_in1k_vitl14.yaml --wait
+  zeroseg jobs list --address http://HEAD:8265
   zeroseg segment photo.png --classes "circle,star" --checkpoint <final dir> -o out/
 
 Settings are `section.key=value` overrides applied after the YAML file (see
@@ -53,6 +55,15 @@ DESCRIPTIONS = {
         "confusion plot) and overlays of the best and worst images per benchmark. "
         "--dry-run prints the plan without reading data."
     ),
+    "submit": (
+        "Validates the config locally (a bad key fails before anything is sent), then submits "
+        "`zeroseg <stage> --config ... key=value` as a Ray job: the repository is the working "
+        "dir (jobs/runtime_env.yaml), the submission id is zeroseg-<stage>-<config "
+        "fingerprint>-<time>-<random>, and the job's metadata names the project, stage, "
+        "fingerprint, config and git commit. --wait follows the logs and returns the job's "
+        "status. Example: zeroseg submit extract --address http://HEAD:8265 "
+        "--config jobs/extract_in1k_vitl14.yaml --wait"
+    ),
     "ablate": (
         "Extracts the teacher cache once, then trains and scores every variant of "
         "ablation.variants (overrides of train / student / eval only) on that same cache. "
@@ -70,6 +81,18 @@ def _config_args(p: argparse.ArgumentParser) -> None:
         nargs="*",
         metavar="key=value",
         help="dotted overrides, e.g. storage.root=s3://bucket/run train.epochs=5",
+    )
+
+
+def _cluster_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        help="the head's dashboard, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)",
+    )
+    p.add_argument(
+        "--token-file",
+        help="file holding the Ray auth token (default: $RAY_AUTH_TOKEN, $RAY_AUTH_TOKEN_PATH, "
+        "~/.ray/auth_token); sent only as an Authorization header, never logged",
     )
 
 
@@ -156,6 +179,38 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTIONS["ablate"],
     )
     _config_args(p)
+
+    p = sub.add_parser(
+        "submit",
+        help="submit a stage (or run) to a Ray cluster through the Ray Jobs API",
+        description=DESCRIPTIONS["submit"],
+    )
+    ssub = p.add_subparsers(dest="stage", metavar="stage", required=True)
+    for stage in ("extract", "train", "eval", "run"):
+        s = ssub.add_parser(stage, help=f"submit `zeroseg {stage}`")
+        _config_args(s)
+        _cluster_args(s)
+        s.add_argument(
+            "--wait", action="store_true", help="follow the job's logs; exit with its status"
+        )
+        s.add_argument(
+            "--entrypoint-num-cpus",
+            type=float,
+            default=0,
+            help="CPUs reserved for the job's driver (default 0: it may run on a head with none)",
+        )
+        s.add_argument("--entrypoint-num-gpus", type=float, default=0, help="GPUs for the driver")
+        if stage == "eval":
+            s.add_argument("--checkpoint", help="a train run's final/ folder")
+
+    p = sub.add_parser(
+        "jobs",
+        help="list / show / stop / print the logs of this project's jobs on a cluster",
+        description="Only jobs submitted by `zeroseg submit` (metadata project=zeroseg).",
+    )
+    p.add_argument("action", choices=["list", "show", "stop", "logs"])
+    p.add_argument("job_id", nargs="?", help="a submission id (show, stop, logs)")
+    _cluster_args(p)
 
     p = sub.add_parser("teacher-pretrain", help="train (once) and cache the toy CLIP teacher")
     _config_args(p)
@@ -285,6 +340,27 @@ def _dispatch(args, parser) -> int:
             classes_file=args.classes_file,
             device=args.device,
         )
+
+    if cmd == "submit":
+        from .submit import submit
+
+        checkpoint = getattr(args, "checkpoint", None)
+        extra = ["--checkpoint", checkpoint] if checkpoint else []
+        return submit(
+            args.stage,
+            args.address,
+            args.config,
+            list(args.overrides or []),
+            extra,
+            wait=args.wait,
+            entrypoint_num_cpus=args.entrypoint_num_cpus,
+            entrypoint_num_gpus=args.entrypoint_num_gpus,
+            token_file=args.token_file,
+        )
+    if cmd == "jobs":
+        from .submit import jobs_command
+
+        return jobs_command(args.action, args.address, args.job_id, args.token_file)
 
     cfg = _load(args)
     if cmd == "teacher-pretrain":

@@ -347,6 +347,7 @@ class ShardExtractor:
                     "total": round(busy + time.perf_counter() - t, 4),
                 },
                 "worker": f"{socket.gethostname()}:{os.getpid()}",
+                "node_id": _node_id(),
                 "resources": self.resources,
                 "peak_rss_mb": peak_rss_mb(),
                 "started_at": work.started,
@@ -355,6 +356,13 @@ class ShardExtractor:
                 "finished_unix": round(time.time(), 3),
             },
         )
+
+
+def _node_id() -> str | None:
+    """The Ray node this process runs on (which worker group did the work)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _assigned_resources() -> dict[str, float]:

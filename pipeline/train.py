@@ -180,6 +180,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
             "world": world,
             "pid": os.getpid(),
             "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(),
             "start_step": step,
             "reader": source.kind,
             "started_at": now(),
