@@ -157,7 +157,7 @@ def test_submit_stages_to_separate_worker_groups(cluster, teacher_cache):
 
     listed = _zeroseg(cluster, "jobs", "list")
     assert listed.returncode == 0, listed.stderr
-    for stage, job_id in ids.items():
+    for job_id in ids.values():
         assert job_id in listed.stdout
     show = _zeroseg(cluster, "jobs", "show", ids["train"])
     assert "'project': 'zeroseg'" in show.stdout and "'stage': 'train'" in show.stdout
