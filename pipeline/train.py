@@ -1,7 +1,8 @@
 """train: Ray Train workers distill the teacher cache into the student.
 
-The teacher is never loaded: workers read student pixels and the 30 view embeddings from the
-cache. Checkpoints go through Ray Train to ``<root>/train/<run>/``; rerunning the same command
+The teacher is never run on the views: workers read student pixels and the 30 view embeddings
+from the cache (a student with the teacher stem holds a frozen copy of the teacher's image
+tower). Checkpoints go through Ray Train to ``<root>/train/<run>/``; rerunning the same command
 finds Ray Train's checkpoint snapshot there and resumes from the newest checkpoint. The final
 weights land in ``<run>/final/`` as safetensors plus a JSON config.
 """
@@ -156,6 +157,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
     warmup = steps_per_epoch * tc["warmup_epochs"]
 
     model = build_student(loop["student"], embed_dim=loop["embed_dim"])
+    if model.cfg.stem == "teacher":  # a frozen copy of the trained teacher tower
+        model.patch_embed.load_teacher(loop["teacher"]["model"], loop["teacher"]["pretrained"])
     base_lr = peak_lr(tc["lr"], tc["lr_scaling"], batch * world)
     # Biases, norms, learnable tokens and the assignment query/key are not decayed.
     opt = torch.optim.AdamW(model.param_groups(tc["weight_decay"]), lr=base_lr, betas=(0.9, 0.95))
@@ -389,6 +392,8 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         cfg, ray.cluster_resources(), not (cfg.ray.address or os.environ.get("RAY_ADDRESS")), log
     )
     student = student_config(cfg)
+    if student.get("stem") == "teacher" and not student.get("teacher_model"):
+        student["teacher_model"] = manifest["teacher"]["model"]  # the cache's own teacher
     embed_dim = int(manifest["teacher"]["embed_dim"])
     storage.makedirs(run_uri)
     write_run_info(run_uri, "train", config_to_dict(cfg), cache=cache_uri)
@@ -400,6 +405,7 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         "train": config_to_dict(cfg)["train"],
         "student": student,
         "embed_dim": embed_dim,
+        "teacher": {k: manifest["teacher"][k] for k in ("model", "pretrained")},
         "levels": list(manifest["levels"]),
         "expected": expected_manifest(cfg, embed_dim),
         "reader": kind,

@@ -338,8 +338,28 @@ def _check(cfg: Config) -> None:
     if not cfg.eval.background_rules:
         problems.append(("eval.background_rules", "must not be empty"))
     problems.extend(_eval_problems(cfg.eval))
+    problems.extend(_student_problems(cfg))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def _student_problems(cfg: Config) -> list[tuple[str, str]]:
+    """The preset and its overrides must make a valid student before any cluster work."""
+    from .models.registry import student_config
+    from .models.student import StudentConfig as Architecture
+
+    try:
+        merged = student_config(cfg.student.preset)
+    except KeyError as exc:
+        return [("student.preset", str(exc.args[0]))]
+    merged.update(cfg.student.overrides)
+    if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
+        merged["teacher_model"] = cfg.teacher.model  # what the train stage fills in
+    try:
+        Architecture.from_dict(merged)
+    except (KeyError, ValueError, TypeError) as exc:
+        return [("student.overrides", str(exc.args[0] if exc.args else exc))]
+    return []
 
 
 def eval_benchmarks(ev: EvalConfig) -> list[str]:
