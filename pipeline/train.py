@@ -312,13 +312,10 @@ def progress_line(row: dict[str, Any], total_steps: int, eta: float) -> str:
 def teacher_embed_dim(model_name: str) -> int | None:
     """The embedding size of an open_clip architecture from its config (no weights loaded);
     None for names open_clip does not list (e.g. hub models)."""
-    import open_clip
+    from zeroseg.teacher import architecture_shape
 
-    from zeroseg.teacher import register_model_configs
-
-    register_model_configs()
-    model_cfg = open_clip.get_model_config(model_name)
-    return int(model_cfg["embed_dim"]) if model_cfg and "embed_dim" in model_cfg else None
+    shape = architecture_shape(model_name)
+    return shape[0] if shape else None
 
 
 def check_cache(cfg: Config, cache_uri: str) -> CacheReader:

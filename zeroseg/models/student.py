@@ -518,7 +518,7 @@ class Student(nn.Module):
             "recon_loss": recon,
             "patch_groups": composed_assignment(assignments),
             "patch_index": keep,
-            "grid_hw": torch.tensor(grid, device=tokens.device),
+            "grid_hw": torch.tensor(grid),  # on the host: read as ints, also on meta/GPU
         }
         if self.patch_proj is not None:
             out["patch_embeds"] = self.patch_proj(tokens)
