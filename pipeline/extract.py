@@ -144,9 +144,10 @@ class ShardExtractor:
     """Ray Data actor: owns one teacher and processes whole shards.
 
     A reader thread fetches, decodes and crops the images of the call's shards in order and cuts
-    the views of every batch; the actor's thread runs the teacher on one batch while the reader
-    prepares the next (torch and image decoding release the GIL), and writes each shard when
-    its last batch is embedded, while the reader already works on the next shard.
+    the views of every batch (on a GPU the views are cut there instead); the actor's thread runs
+    the teacher on one batch while the reader prepares the next (torch and image decoding
+    release the GIL). When a shard's last batch is embedded, a writer thread writes it while the
+    teacher goes on with the next shard: the accelerator never waits for storage.
     """
 
     def __init__(
@@ -203,6 +204,7 @@ class ShardExtractor:
         self._jobs: queue.Queue = queue.Queue()
         self._items: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
         threading.Thread(target=self._reader_loop, name="shard-reader", daemon=True).start()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = [int(s) for s in batch["shard"]]
@@ -219,6 +221,18 @@ class ShardExtractor:
         """Process shards in order; returns {shard: "" or the traceback of its failure}."""
         errors = dict.fromkeys(shards, "")
         finished: set[int] = set()
+        writing: list[tuple[int, Any]] = []  # (shard, future) of the write in flight, if any
+
+        def settle() -> None:
+            """Wait for the write in flight: a shard is finished only once its marker is."""
+            for shard, future in writing:
+                exc = future.exception()
+                if exc is None:
+                    finished.add(shard)
+                else:
+                    errors[shard] = "".join(traceback.format_exception(exc))
+            writing.clear()
+
         self._jobs.put(shards)
         mark = time.perf_counter()
         while True:  # always drained to the end-of-call None, so the reader stays in step
@@ -244,11 +258,15 @@ class ShardExtractor:
                     work.embeddings[idx] = emb.reshape(len(idx), -1, dim).cpu().numpy()
                     work.seconds["infer"] += time.perf_counter() - ti
                 else:  # "end": every image of the shard is embedded
-                    self._finish(work, time.perf_counter() - mark)
-                    finished.add(work.shard)
+                    # Written by the writer thread while the forward goes on with the next
+                    # shard; at most one write in flight, so memory stays one shard ahead.
+                    busy = time.perf_counter() - mark
+                    settle()
+                    writing.append((work.shard, self._writer.submit(self._finish, work, busy)))
                     mark = time.perf_counter()
             except Exception:  # reported to the driver, which retries or reports it
                 errors[work.shard] = traceback.format_exc()
+        settle()
         for shard in shards:  # a shard the reader never reached must not look like success
             if not errors[shard] and shard not in finished:
                 errors[shard] = (
@@ -343,8 +361,9 @@ class ShardExtractor:
         return row
 
     def _finish(self, work: _ShardWork, busy: float) -> None:
-        """Write the shard's rows, then its marker (last). ``busy``: this thread's time on the
-        shard since the previous one finished, so the totals of an actor add up to its time."""
+        """Write the shard's rows, then its marker (last); runs in the writer thread. ``busy``:
+        the forward loop's time on the shard since the previous one ended; the shard's total
+        adds the write, which overlaps the next shard's forward."""
         t = time.perf_counter()
         write_shard(
             self.stage.path(ZARR_NAME),
