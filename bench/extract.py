@@ -11,7 +11,11 @@
 
 Each extraction runs in its own process with a fresh local Ray, so peak RSS belongs to that run.
 Prints one JSON line per measure: {"bench", "measure", "value", "goal", "unit", ...}.
-Usage: python bench/extract.py [--images 2000] [--batch 960]
+
+On a CUDA machine the actor gets the GPU and both sides run there, with ``--precision``; a
+real-size architecture with random weights measures speed as well as trained ones do:
+  python bench/extract.py --model ViT-L-14 --crop-size 224 --world-size 256 --precision bf16
+Usage: python bench/extract.py [--images 8000] [--batch 960] [--model zeroseg-toyclip]
 """
 
 from __future__ import annotations
@@ -31,6 +35,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 emit = emitter("extract")
+
+
+def startup_seconds(stage: str, markers: list[dict]) -> float:
+    """From the stage's start (run.json) to the first shard's start: actor pool start-up."""
+    from pipeline import storage
+
+    info = storage.read_json(storage.join(stage, "run.json"))
+    return min(k["started_unix"] for k in markers) - info["started_unix"]
 
 
 def child(overrides: list[str]) -> None:
@@ -68,8 +80,18 @@ def tree_bytes(path: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=2000, help="the larger dataset")
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=8000,
+        help="the larger dataset (the smaller is a tenth); large enough that the fixed pool "
+        "start-up weighs on the end-to-end ratio about as little as in a real extraction",
+    )
     parser.add_argument("--batch", type=int, default=960, help="views per forward")
+    parser.add_argument("--model", default="zeroseg-toyclip", help="open_clip architecture")
+    parser.add_argument("--crop-size", type=int, default=64, help="views.crop_size")
+    parser.add_argument("--world-size", type=int, default=64, help="generated image side")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -81,41 +103,53 @@ def main() -> None:
     from pipeline import storage
     from zeroseg.data.shapes import WorldSettings, write_split
     from zeroseg.teacher import Teacher
-    from zeroseg.toy_teacher import MODEL_NAME
     from zeroseg.views import cut_views, num_views
 
     cpus = os.cpu_count() or 1
+    gpu = torch.cuda.is_available()
     machine = f"{platform.machine()} {cpus} cores, no GPU, torch {torch.__version__}"
-    if torch.cuda.is_available():
+    if gpu:
         machine = f"{platform.machine()} {cpus} cores, {torch.cuda.get_device_name()}"
+    device = "cuda" if gpu else "cpu"
+    # On a GPU machine the actor's CPUs serve its reader thread and host copies, not the forward.
+    actor_cpus = min(cpus, 4) if gpu else cpus
     large, small = args.images, max(1, args.images // 10)
     with tempfile.TemporaryDirectory() as tmp:
         data = os.path.join(tmp, "train")
-        write_split(data, n=large, seed=0, labeled=False, settings=WorldSettings())
+        world = WorldSettings(image_size=args.world_size)
+        write_split(data, n=large, seed=0, labeled=False, settings=world)
         files = storage.list_files(data, storage.IMAGE_EXTENSIONS)
         small_list = os.path.join(tmp, "small.txt")  # the first tenth, as a list file
         with open(small_list, "w") as f:
             f.write("\n".join(files[:small]) + "\n")
         ckpt = os.path.join(tmp, "teacher.pt")
         # Random weights: speed does not depend on what the teacher has learned.
-        teacher = Teacher(MODEL_NAME, None)
+        teacher = Teacher(args.model, None, device=device, precision=args.precision)
         torch.save(teacher.model.state_dict(), ckpt)
         common = [
             f"storage.root={tmp}/out",
+            f"teacher.model={args.model}",
             f"teacher.pretrained={ckpt}",
+            f"views.crop_size={args.crop_size}",
             f"extract.batch_size={args.batch}",
+            f"extract.precision={args.precision}",
             "extract.images_per_shard=64",
-            f"extract.cpus_per_actor={cpus}",
+            f"extract.cpus_per_actor={actor_cpus}",
+            f"extract.gpus_per_actor={1 if gpu else 0}",
             f"ray.num_cpus={cpus}",
         ]
         views_per_image = num_views([1, 2, 3, 4])
 
-        # Baseline: the bare teacher forward on ready-made view batches of the same size, with
-        # the thread count an actor uses; measured before and after the large run and
-        # averaged, so a busy neighbour affects both sides alike.
-        torch.set_num_threads(cpus)
+        # Baseline: the bare teacher forward on ready-made view batches of the same size and
+        # device, with the thread count an actor uses; measured before and after the large run
+        # and averaged, so a busy neighbour affects both sides alike.
+        torch.set_num_threads(actor_cpus)
         px = torch.randint(
-            0, 256, (args.batch // views_per_image + 1, 64, 64, 3), dtype=torch.uint8
+            0,
+            256,
+            (args.batch // views_per_image + 1, args.crop_size, args.crop_size, 3),
+            dtype=torch.uint8,
+            device=device,
         )
         views = cut_views(px, [1, 2, 3, 4], teacher.image_size).flatten(0, 1)[: args.batch]
         teacher.encode_images(views)  # warm-up
@@ -125,6 +159,8 @@ def main() -> None:
             while time.perf_counter() - t0 < seconds:
                 teacher.encode_images(views)
                 n_crops += views.shape[0]
+            if gpu:
+                torch.cuda.synchronize()
             return n_crops / (time.perf_counter() - t0)
 
         small_run = run_child([*common, f"data.train={small_list}"])
@@ -143,7 +179,8 @@ def main() -> None:
         m = runs["large"]["manifest"]
         crops = m["num_ok"] * views_per_image
         pipeline_rate = crops / runs["large"]["wall"]
-        emit("bare_forward_crops_per_s", bare, None, "crops/s", machine=machine)
+        setup = {"model": args.model, "precision": args.precision, "crop_size": args.crop_size}
+        emit("bare_forward_crops_per_s", bare, None, "crops/s", machine=machine, **setup)
         emit(
             "pipeline_crops_per_s",
             pipeline_rate,
@@ -162,6 +199,15 @@ def main() -> None:
             machine=machine,
             images=m["num_ok"],
             batch=args.batch,
+            **setup,
+        )
+        emit(
+            "pool_startup_s",
+            startup_seconds(runs["large"]["stage"], runs["large"]["markers"]),
+            None,
+            "s",
+            machine=machine,
+            note="stage start to first shard start: actor processes, imports, teacher load",
         )
         # Steady state: first shard start to last shard end, so pool start-up is left out.
         markers = runs["large"]["markers"]

@@ -64,6 +64,8 @@ def extract_fingerprint(cfg: Config, teacher: dict[str, Any], plan: InputPlan) -
         "crop_size": cfg.views.crop_size,
         "images_per_shard": cfg.extract.images_per_shard,
     }
+    if cfg.extract.precision != "fp32":  # absent at fp32, so fp32 caches keep their address
+        desc["precision"] = cfg.extract.precision
     if plan.has_spans:  # tar members: a repacked tar with the same names gives other bytes
         desc["spans"] = fingerprint(plan.spans, 32)
     return fingerprint(desc)
@@ -142,9 +144,10 @@ class ShardExtractor:
     """Ray Data actor: owns one teacher and processes whole shards.
 
     A reader thread fetches, decodes and crops the images of the call's shards in order and cuts
-    the views of every batch; the actor's thread runs the teacher on one batch while the reader
-    prepares the next (torch and image decoding release the GIL), and writes each shard when
-    its last batch is embedded, while the reader already works on the next shard.
+    the views of every batch (on a GPU the views are cut there instead); the actor's thread runs
+    the teacher on one batch while the reader prepares the next (torch and image decoding
+    release the GIL). When a shard's last batch is embedded, a writer thread writes it while the
+    teacher goes on with the next shard: the accelerator never waits for storage.
     """
 
     def __init__(
@@ -157,6 +160,8 @@ class ShardExtractor:
         batch_size: int,
         layout: dict[str, int],
         threads: int = 1,
+        device: str = "auto",
+        precision: str = "fp32",
     ):
         import torch
 
@@ -165,13 +170,29 @@ class ShardExtractor:
         # One torch thread per CPU Ray reserved for this actor: more oversubscribes the node.
         torch.set_num_threads(threads)
         self.stage = StageDir(stage)
-        self.teacher = Teacher(teacher["model"], teacher["pretrained"] or None, normalize=normalize)
+        if device == "auto":  # Ray hides the GPUs of an actor that asked for none
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.teacher = Teacher(
+            teacher["model"],
+            teacher["pretrained"] or None,
+            device=device,
+            normalize=normalize,
+            precision=precision,
+        )
+        # On a GPU the reader hands over uint8 crops and the views are cut there: cut and
+        # resized on the host they would be 4 bytes per pixel and a CPU-bound step.
+        self.cut_on_device = self.teacher.device.type != "cpu"
         self.levels = levels
         self.crop_size = crop_size
         self.batch_size = batch_size
         # Each shard's keys are read from plan.parquet when the shard starts, rather than the
         # whole plan shipped or loaded here: memory per actor does not grow with the dataset.
         self.layout = CacheLayout(**layout)
+        if self.teacher.embed_dim != self.layout.embed_dim:
+            raise RuntimeError(
+                f"teacher {teacher['model']} gives {self.teacher.embed_dim}-d embeddings; "
+                f"the cache was laid out for {self.layout.embed_dim}"
+            )
         self.plan = PlanTable(self.stage.path(PLAN_TABLE))
         if self.plan.num_shards != self.layout.num_shards:
             raise RuntimeError(
@@ -183,6 +204,7 @@ class ShardExtractor:
         self._jobs: queue.Queue = queue.Queue()
         self._items: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
         threading.Thread(target=self._reader_loop, name="shard-reader", daemon=True).start()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="shard-writer")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = [int(s) for s in batch["shard"]]
@@ -199,6 +221,18 @@ class ShardExtractor:
         """Process shards in order; returns {shard: "" or the traceback of its failure}."""
         errors = dict.fromkeys(shards, "")
         finished: set[int] = set()
+        writing: list[tuple[int, Any]] = []  # (shard, future) of the write in flight, if any
+
+        def settle() -> None:
+            """Wait for the write in flight: a shard is finished only once its marker is."""
+            for shard, future in writing:
+                exc = future.exception()
+                if exc is None:
+                    finished.add(shard)
+                else:
+                    errors[shard] = "".join(traceback.format_exception(exc))
+            writing.clear()
+
         self._jobs.put(shards)
         mark = time.perf_counter()
         while True:  # always drained to the end-of-call None, so the reader stays in step
@@ -217,22 +251,34 @@ class ShardExtractor:
                 elif kind == "batch":
                     idx, views = payload
                     ti = time.perf_counter()
+                    if self.cut_on_device:
+                        views = self._cut(views.to(self.teacher.device, non_blocking=True))
                     emb = self.teacher.encode_images(views)
                     dim = self.layout.embed_dim
                     work.embeddings[idx] = emb.reshape(len(idx), -1, dim).cpu().numpy()
                     work.seconds["infer"] += time.perf_counter() - ti
                 else:  # "end": every image of the shard is embedded
-                    self._finish(work, time.perf_counter() - mark)
-                    finished.add(work.shard)
+                    # Written by the writer thread while the forward goes on with the next
+                    # shard; at most one write in flight, so memory stays one shard ahead.
+                    busy = time.perf_counter() - mark
+                    settle()
+                    writing.append((work.shard, self._writer.submit(self._finish, work, busy)))
                     mark = time.perf_counter()
             except Exception:  # reported to the driver, which retries or reports it
                 errors[work.shard] = traceback.format_exc()
+        settle()
         for shard in shards:  # a shard the reader never reached must not look like success
             if not errors[shard] and shard not in finished:
                 errors[shard] = (
                     f"shard {shard} was not processed by the reader thread\n{self._reader_error}"
                 )
         return errors
+
+    def _cut(self, pixels: Any) -> Any:
+        """(B, H, W, 3) uint8 crops -> (B * views, 3, S, S) teacher inputs, on their device."""
+        from zeroseg.views import cut_views
+
+        return cut_views(pixels, self.levels, self.teacher.image_size).flatten(0, 1)
 
     def _reader_loop(self) -> None:
         """The actor's one reader thread (one for its lifetime: a thread per call would leave
@@ -252,7 +298,7 @@ class ShardExtractor:
         import torch
 
         from zeroseg.images import BadImage, decode_image
-        from zeroseg.views import center_crop, cut_views
+        from zeroseg.views import center_crop
 
         put = self._items.put
 
@@ -260,7 +306,10 @@ class ShardExtractor:
             t = time.perf_counter()
             ix = np.asarray(idx)
             px = torch.from_numpy(work.pixels[ix])
-            views = cut_views(px, self.levels, self.teacher.image_size).flatten(0, 1)
+            if not self.cut_on_device:
+                views = self._cut(px)
+            else:  # page-locked, so the copy to the GPU overlaps the forward before it
+                views = px.pin_memory() if self.teacher.device.type == "cuda" else px
             work.seconds["crop"] += time.perf_counter() - t
             return "batch", work, (ix, views)
 
@@ -312,8 +361,9 @@ class ShardExtractor:
         return row
 
     def _finish(self, work: _ShardWork, busy: float) -> None:
-        """Write the shard's rows, then its marker (last). ``busy``: this thread's time on the
-        shard since the previous one finished, so the totals of an actor add up to its time."""
+        """Write the shard's rows, then its marker (last); runs in the writer thread. ``busy``:
+        the forward loop's time on the shard since the previous one ended; the shard's total
+        adds the write, which overlaps the next shard's forward."""
         t = time.perf_counter()
         write_shard(
             self.stage.path(ZARR_NAME),
@@ -440,6 +490,18 @@ def failed_shards(stage: StageDir) -> dict[int, dict[str, Any]]:
     return out
 
 
+def teacher_shape(teacher: dict[str, Any], normalize: bool) -> tuple[int, int]:
+    """(embedding dim, input size) of the teacher. Read from its architecture config when
+    open_clip has one, so the driver never loads a large teacher only to learn two numbers."""
+    from zeroseg.teacher import Teacher, architecture_shape
+
+    shape = architecture_shape(teacher["model"])
+    if shape is None:
+        probe = Teacher(teacher["model"], teacher["pretrained"] or None, normalize=normalize)
+        shape = probe.embed_dim, probe.image_size
+    return shape
+
+
 def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -> str:
     """Run (or resume) extraction; returns the cache's stage URI."""
     import ray
@@ -461,27 +523,24 @@ def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -
     if overwrite:
         stage.clear()
 
-    from zeroseg.teacher import Teacher
     from zeroseg.views import num_views
 
-    probe = Teacher(
-        teacher["model"], teacher["pretrained"] or None, normalize=cfg.teacher.normalize
-    )
+    embed_dim, image_size = teacher_shape(teacher, cfg.teacher.normalize)
     layout = CacheLayout(
         len(keys),
         num_views(cfg.views.levels),
-        probe.embed_dim,
+        embed_dim,
         cfg.views.crop_size,
         cfg.extract.images_per_shard,
     )
     teacher_meta = {
         **teacher_identity(teacher),
-        "embed_dim": probe.embed_dim,
-        "image_size": probe.image_size,
+        "embed_dim": embed_dim,
+        "image_size": image_size,
         "normalize": cfg.teacher.normalize,
+        "precision": cfg.extract.precision,
         **({"accuracy": teacher["accuracy"]} if "accuracy" in teacher else {}),
     }
-    del probe
     storage.makedirs(stage.uri)
     write_plan_table(stage.path(PLAN_TABLE), plan, layout.images_per_shard)
     storage.write_json(
@@ -530,6 +589,8 @@ def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -
         "batch_size": cfg.extract.batch_size,
         "threads": max(1, int(cfg.extract.cpus_per_actor)),
         "layout": asdict(layout),
+        "device": cfg.extract.device,
+        "precision": cfg.extract.precision,
     }
     t0 = time.perf_counter()
     recorded = set(failed_shards(stage))

@@ -1,7 +1,8 @@
 """train: Ray Train workers distill the teacher cache into the student.
 
-The teacher is never loaded: workers read student pixels and the 30 view embeddings from the
-cache. Checkpoints go through Ray Train to ``<root>/train/<run>/``; rerunning the same command
+The teacher is never run on the views: workers read student pixels and the 30 view embeddings
+from the cache (a student with the teacher stem holds a frozen copy of the teacher's image
+tower). Checkpoints go through Ray Train to ``<root>/train/<run>/``; rerunning the same command
 finds Ray Train's checkpoint snapshot there and resumes from the newest checkpoint. The final
 weights land in ``<run>/final/`` as safetensors plus a JSON config.
 """
@@ -156,6 +157,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
     warmup = steps_per_epoch * tc["warmup_epochs"]
 
     model = build_student(loop["student"], embed_dim=loop["embed_dim"])
+    if model.cfg.stem == "teacher":  # a frozen copy of the trained teacher tower
+        model.patch_embed.load_teacher(loop["teacher"]["model"], loop["teacher"]["pretrained"])
     base_lr = peak_lr(tc["lr"], tc["lr_scaling"], batch * world)
     # Biases, norms, learnable tokens and the assignment query/key are not decayed.
     opt = torch.optim.AdamW(model.param_groups(tc["weight_decay"]), lr=base_lr, betas=(0.9, 0.95))
@@ -310,13 +313,10 @@ def progress_line(row: dict[str, Any], total_steps: int, eta: float) -> str:
 def teacher_embed_dim(model_name: str) -> int | None:
     """The embedding size of an open_clip architecture from its config (no weights loaded);
     None for names open_clip does not list (e.g. hub models)."""
-    import open_clip
+    from zeroseg.teacher import architecture_shape
 
-    from zeroseg.teacher import register_model_configs
-
-    register_model_configs()
-    model_cfg = open_clip.get_model_config(model_name)
-    return int(model_cfg["embed_dim"]) if model_cfg and "embed_dim" in model_cfg else None
+    shape = architecture_shape(model_name)
+    return shape[0] if shape else None
 
 
 def check_cache(cfg: Config, cache_uri: str) -> CacheReader:
@@ -390,6 +390,8 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         cfg, ray.cluster_resources(), not (cfg.ray.address or os.environ.get("RAY_ADDRESS")), log
     )
     student = student_config(cfg)
+    if student.get("stem") == "teacher" and not student.get("teacher_model"):
+        student["teacher_model"] = manifest["teacher"]["model"]  # the cache's own teacher
     embed_dim = int(manifest["teacher"]["embed_dim"])
     storage.makedirs(run_uri)
     write_run_info(run_uri, "train", config_to_dict(cfg), cache=cache_uri)
@@ -401,6 +403,7 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         "train": config_to_dict(cfg)["train"],
         "student": student,
         "embed_dim": embed_dim,
+        "teacher": {k: manifest["teacher"][k] for k in ("model", "pretrained")},
         "levels": list(manifest["levels"]),
         "expected": expected_manifest(cfg, embed_dim),
         "reader": kind,

@@ -14,17 +14,21 @@ from zeroseg.overlay import palette
 
 def write_random_checkpoint(final_dir: str, crop_size: int = 32, seed: int = 0) -> str:
     """A ``final/`` folder (weights + config.json) of an untrained tiny student whose teacher is
-    the toy CLIP with random weights: real models, no training, nothing downloaded."""
+    the toy CLIP with random weights: real models, no training, nothing downloaded. The teacher's
+    random weights are saved too (``teacher.pt``), so every task scores with the same teacher."""
     import torch
     from safetensors.torch import save_file
 
     from pipeline.train import teacher_embed_dim
     from zeroseg.models import build_student
+    from zeroseg.teacher import load_teacher_model
 
     torch.manual_seed(seed)
     dim = teacher_embed_dim("zeroseg-toyclip")
     model = build_student("student-tiny", embed_dim=dim)
     os.makedirs(final_dir, exist_ok=True)
+    teacher_path = os.path.join(final_dir, "teacher.pt")
+    torch.save(load_teacher_model("zeroseg-toyclip")[0].state_dict(), teacher_path)
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()},
         os.path.join(final_dir, "model.safetensors"),
@@ -34,7 +38,7 @@ def write_random_checkpoint(final_dir: str, crop_size: int = 32, seed: int = 0) 
             {
                 "student": "student-tiny",
                 "embed_dim": dim,
-                "teacher": {"model": "zeroseg-toyclip", "pretrained": ""},
+                "teacher": {"model": "zeroseg-toyclip", "pretrained": teacher_path},
                 "teacher_normalize": True,
                 "templates": ["a photo of a {}."],
                 "views": {"levels": [1, 2, 3, 4], "crop_size": crop_size},

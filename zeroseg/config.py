@@ -109,6 +109,12 @@ class ExtractConfig:
     # Custom Ray resource every actor asks for (a tiny amount), so the pool runs only on nodes
     # that offer it, e.g. an extraction worker group started with --resources.
     resource_label: str = ""
+    # Where an actor runs its teacher: auto = the GPU Ray gave it, else the CPU. The stage never
+    # depends on it (a cache made on a GPU equals one made on CPUs up to float rounding).
+    device: str = "auto"  # auto | cpu | cuda
+    # Autocast of the teacher forward. Half precision halves GPU time but changes the
+    # embeddings, so a non-fp32 setting is part of the cache's fingerprint.
+    precision: str = "fp32"  # fp32 | bf16 | fp16
     max_retries: int = 2
     mode: str = "resume"  # resume | overwrite
     redo_shards: list[int] = field(default_factory=list)
@@ -260,6 +266,12 @@ def _check(cfg: Config) -> None:
     problems: list[tuple[str, str]] = []
     if cfg.extract.mode not in ("resume", "overwrite"):
         problems.append(("extract.mode", "must be 'resume' or 'overwrite'"))
+    if cfg.extract.device not in ("auto", "cpu", "cuda"):
+        problems.append(("extract.device", "must be 'auto', 'cpu' or 'cuda'"))
+    if cfg.extract.device == "cuda" and not cfg.extract.gpus_per_actor > 0:
+        problems.append(("extract.device", "'cuda' needs extract.gpus_per_actor > 0"))
+    if cfg.extract.precision not in ("fp32", "bf16", "fp16"):
+        problems.append(("extract.precision", "must be 'fp32', 'bf16' or 'fp16'"))
     if not cfg.views.levels or any(n < 1 for n in cfg.views.levels):
         problems.append(("views.levels", "must be a non-empty list of positive ints"))
     if 1 not in cfg.views.levels:
@@ -338,8 +350,28 @@ def _check(cfg: Config) -> None:
     if not cfg.eval.background_rules:
         problems.append(("eval.background_rules", "must not be empty"))
     problems.extend(_eval_problems(cfg.eval))
+    problems.extend(_student_problems(cfg))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def _student_problems(cfg: Config) -> list[tuple[str, str]]:
+    """The preset and its overrides must make a valid student before any cluster work."""
+    from .models.registry import student_config
+    from .models.student import StudentConfig as Architecture
+
+    try:
+        merged = student_config(cfg.student.preset)
+    except KeyError as exc:
+        return [("student.preset", str(exc.args[0]))]
+    merged.update(cfg.student.overrides)
+    if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
+        merged["teacher_model"] = cfg.teacher.model  # what the train stage fills in
+    try:
+        Architecture.from_dict(merged)
+    except (KeyError, ValueError, TypeError) as exc:
+        return [("student.overrides", str(exc.args[0] if exc.args else exc))]
+    return []
 
 
 def eval_benchmarks(ev: EvalConfig) -> list[str]:

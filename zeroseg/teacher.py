@@ -25,6 +25,9 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from .views import resize_views
 
+# Autocast dtypes of the image forward; fp32 runs without autocast. Half precision changes the
+# embeddings, so the extract stage keeps it in the cache's fingerprint.
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
 PROJECT_PREFIX = "zeroseg-"
 
@@ -34,6 +37,18 @@ def register_model_configs() -> None:
     if not any(n.startswith(PROJECT_PREFIX) for n in open_clip.list_models()):
         for cfg in sorted(MODEL_CONFIG_DIR.glob(f"{PROJECT_PREFIX}*.json")):
             open_clip.add_model_config(cfg)
+
+
+def architecture_shape(model_name: str) -> tuple[int, int] | None:
+    """(embedding dim, input size) read from the architecture's config, without building or
+    loading the model; None when open_clip has no local config for the name (hub models)."""
+    if model_name.startswith(PROJECT_PREFIX):
+        register_model_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if not cfg or "embed_dim" not in cfg:
+        return None
+    size = cfg.get("vision_cfg", {}).get("image_size", 224)
+    return int(cfg["embed_dim"]), int(size[0] if isinstance(size, list | tuple) else size)
 
 
 def _sha256_file(path: str) -> str:
@@ -123,11 +138,15 @@ class Teacher:
         normalize: bool = True,
         storage_options: dict | None = None,
         model: torch.nn.Module | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
         self.model_name = model_name
         self.pretrained = pretrained
         self.device = torch.device(device)
         self.normalize = normalize
+        self.precision = precision
         if model is None:
             model, self.weights_sha256 = load_teacher_model(
                 model_name, pretrained, device, storage_options
@@ -185,8 +204,12 @@ class Teacher:
         return F.normalize(z.float(), dim=-1) if self.normalize else z.float()
 
     def encode_images(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, h, w) float in [0, 1] -> (B, D)."""
-        with torch.inference_mode():
+        """(B, 3, h, w) float in [0, 1] -> (B, D) float32."""
+        dtype = PRECISIONS[self.precision]
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None),
+        ):
             return self._out(self.model.encode_image(self.preprocess(x)))
 
     def encode_text(

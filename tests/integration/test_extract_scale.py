@@ -186,32 +186,9 @@ def test_a_failing_shard_does_not_stop_the_others_of_its_call(tmp_path, images):
     """Several shards per actor call (the reader runs ahead into the next shard): one that
     cannot be written fails alone, the shards before and after it get their markers. The actor
     class is used directly here, with a randomly initialised toy teacher."""
-    from dataclasses import asdict
-
-    from pipeline.cache import CacheLayout, create_arrays
-    from pipeline.extract import ShardExtractor
-    from zeroseg.teacher import Teacher
-    from zeroseg.toy_teacher import MODEL_NAME
-
     stage = str(tmp_path / "stage")
-    probe = Teacher(MODEL_NAME, None)
-    layout = CacheLayout(len(images), 30, probe.embed_dim, 64, 6)
-    write_plan_table(
-        os.path.join(stage, "plan.parquet"),
-        InputPlan("folder", images, [None] * len(images)),
-        layout.images_per_shard,
-    )
-    create_arrays(os.path.join(stage, "cache.zarr"), layout)
+    actor = _direct_extractor(stage, images, "")
     os.makedirs(os.path.join(stage, "cache.zarr", "valid", "c", "1", "in-the-way"))
-    actor = ShardExtractor(
-        stage,
-        {"model": MODEL_NAME, "pretrained": ""},
-        True,
-        [1, 2, 3, 4],
-        64,
-        60,
-        asdict(layout),
-    )
     out = actor({"shard": np.asarray([0, 1, 2, 3])})
     errors = dict(zip(out["shard"].tolist(), out["error"].tolist(), strict=True))
     assert errors[0] == errors[2] == errors[3] == ""
@@ -226,3 +203,67 @@ def test_a_failing_shard_does_not_stop_the_others_of_its_call(tmp_path, images):
     second = json.load(open(os.path.join(stage, "shards", "00002.json")))
     assert second["rows"] == [12, 18] and second["ok"] == 6
     assert {"read", "crop", "infer", "wait", "write", "total"} == set(second["seconds"])
+
+
+def _direct_extractor(stage: str, images: list[str], weights: str, **kwargs):
+    """A ShardExtractor used directly (no Ray) over a fresh stage folder for ``images``."""
+    from dataclasses import asdict
+
+    from pipeline.cache import CacheLayout, create_arrays
+    from pipeline.extract import ShardExtractor
+    from zeroseg.toy_teacher import MODEL_NAME
+
+    layout = CacheLayout(len(images), 30, 128, 64, 6)
+    write_plan_table(
+        os.path.join(stage, "plan.parquet"),
+        InputPlan("folder", images, [None] * len(images)),
+        layout.images_per_shard,
+    )
+    create_arrays(os.path.join(stage, "cache.zarr"), layout)
+    return ShardExtractor(
+        stage,
+        {"model": MODEL_NAME, "pretrained": weights},
+        True,
+        [1, 2, 3, 4],
+        64,
+        60,
+        asdict(layout),
+        **kwargs,
+    )
+
+
+def test_views_cut_beside_the_teacher_equal_views_cut_by_the_reader(tmp_path, images):
+    """The GPU path hands uint8 crops to the teacher's thread and cuts the views on the device;
+    forced here on the CPU, it must give the reader-cut cache to float rounding, and bf16
+    autocast must stay close to fp32."""
+    import torch
+
+    from zeroseg.teacher import Teacher
+    from zeroseg.toy_teacher import MODEL_NAME
+
+    weights = str(tmp_path / "teacher.pt")
+    torch.save(Teacher(MODEL_NAME, None).model.state_dict(), weights)
+    shards = np.arange(-(-len(images) // 6))
+    caches = {}
+    for name, kwargs, on_device in (
+        ("reader", {}, False),
+        ("device", {}, True),
+        ("bf16", {"precision": "bf16"}, False),
+    ):
+        stage = str(tmp_path / name)
+        actor = _direct_extractor(stage, images, weights, device="cpu", **kwargs)
+        assert actor.cut_on_device is False and actor.teacher.device.type == "cpu"
+        actor.cut_on_device = on_device
+        out = actor({"shard": shards})
+        assert out["error"].tolist() == [""] * len(shards)
+        caches[name] = _arrays(stage)
+    reader, device, bf16 = caches["reader"], caches["device"], caches["bf16"]
+    assert reader["valid"].sum() == len(images) - 1  # one planted bad input
+    np.testing.assert_array_equal(device["pixels"], reader["pixels"])
+    np.testing.assert_allclose(
+        device["embeddings"].astype(np.float32), reader["embeddings"].astype(np.float32), atol=2e-3
+    )
+    ok = reader["valid"].astype(bool)  # the bad input's rows stay zero
+    a, b = reader["embeddings"][ok].astype(np.float32), bf16["embeddings"][ok].astype(np.float32)
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert not np.array_equal(a, b) and cos.min() > 0.98

@@ -30,6 +30,9 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ("views.levels=[2,3]", "views.levels"),
         ("train.mask_ratio=1.0", "train.mask_ratio"),
         ("eval.images_per_task=0", "eval.images_per_task"),
+        ("student.preset=student-huge", "student.preset"),
+        ("student.overrides.widht=64", "student.overrides"),
+        ("student.overrides.stem=lens", "student.overrides"),
     ],
 )
 def test_bad_overrides_name_the_key(override, key):

@@ -59,6 +59,9 @@ def test_cli_overrides_size_and_place_the_pool():
         ("extract.max_actors=-1", "extract.max_actors"),
         ("extract.gpus_per_actor=-1", "extract.cpus_per_actor/gpus_per_actor"),
         ("extract.max_actors=many", "extract.max_actors"),
+        ("extract.precision=int8", "extract.precision"),
+        ("extract.device=tpu", "extract.device"),
+        ("extract.device=cuda", "extract.device: 'cuda' needs extract.gpus_per_actor > 0"),
     ],
 )
 def test_pool_settings_are_validated_with_the_key_named(override, key):
@@ -79,11 +82,14 @@ def test_pool_and_batch_settings_do_not_change_the_fingerprint():
         ["extract.gpus_per_actor=1", "extract.cpus_per_actor=8"],
         ["extract.resource_label=extract_worker"],
         ["extract.batch_size=30", "extract.max_retries=5"],
+        ["extract.device=cpu", "extract.precision=fp32"],
     ):
         cfg = load_config("jobs/demo.yaml", overrides)
         assert extract_fingerprint(cfg, TEACHER, PLAN) == base, overrides
     changed = load_config("jobs/demo.yaml", ["extract.images_per_shard=64"])
     assert extract_fingerprint(changed, TEACHER, PLAN) != base
+    bf16 = load_config("jobs/demo.yaml", ["extract.precision=bf16"])
+    assert extract_fingerprint(bf16, TEACHER, PLAN) != base  # half precision: other bytes
     with_spans = InputPlan("tar", PLAN.keys, [[512, 10], [1536, 10]])
     assert extract_fingerprint(load_config("jobs/demo.yaml"), TEACHER, with_spans) != base
 

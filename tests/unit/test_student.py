@@ -223,3 +223,56 @@ def test_dense_preset_keeps_groups_apart_at_init():
     out = m(torch.rand(4, 3, 64, 64))
     assert "patch_embeds" in out
     assert out["groups_used"].item() > 1
+
+
+def test_teacher_stem_tokens_are_the_teachers_dense_features(tmp_path):
+    """The teacher stem embeds patches with the trained teacher tower's per-location embeddings
+    of the 4x image: the tokens equal one linear map of Teacher.dense_features at 4x the side;
+    only that map learns, the tower stays frozen and in eval mode, and the weights round-trip."""
+    import open_clip
+    import torch.nn.functional as F
+
+    from zeroseg.teacher import Teacher, register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(1)
+    trained, _, _ = open_clip.create_model_and_transforms("zeroseg-toyclip")
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(trained.state_dict(), ckpt)
+
+    model = build_student(
+        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip"
+    )
+    model.patch_embed.load_teacher("zeroseg-toyclip", str(ckpt))
+    model.train()
+    stem = model.patch_embed
+    assert not stem.visual.training and all(not p.requires_grad for p in stem.visual.parameters())
+
+    images = torch.rand(2, 3, 64, 64)
+    x = (images - model.pixel_mean) / model.pixel_std
+    dense = Teacher("zeroseg-toyclip", str(ckpt)).dense_features(images, input_size=256)
+    expected = stem.proj(F.normalize(dense, dim=-1).flatten(1, 2))
+    assert torch.allclose(stem(x), expected, atol=1e-4)
+
+    model(x, mask_ratio=0.0)["patch_embeds"].sum().backward()
+    assert stem.proj.weight.grad is not None
+    assert all(p.grad is None for p in stem.visual.parameters())
+
+    again = build_student(model.cfg.to_dict(), 128)  # how a saved student is rebuilt
+    again.load_state_dict(model.state_dict())
+    rebuilt, original = again.patch_embed.visual.state_dict(), stem.visual.state_dict()
+    assert rebuilt.keys() == original.keys()
+    assert all(torch.equal(rebuilt[k], original[k]) for k in original)
+
+
+def test_teacher_stem_refuses_a_scale_that_misses_the_patch_grid():
+    with pytest.raises(ValueError, match="patch grid"):
+        build_student(
+            "student-tiny-dense",
+            128,
+            stem="teacher",
+            teacher_model="zeroseg-toyclip",
+            teacher_scale=2,
+        )
+    with pytest.raises(ValueError, match="teacher_model"):
+        build_student("student-tiny-dense", 128, stem="teacher")

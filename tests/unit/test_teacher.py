@@ -7,6 +7,7 @@ import torch
 
 from zeroseg.teacher import (
     Teacher,
+    architecture_shape,
     dense_tower_features,
     fetch_weights,
     register_model_configs,
@@ -127,3 +128,22 @@ def test_project_vit_teacher_config_is_an_open_clip_vit():
     assert z.shape == (3, 128)
     assert torch.allclose(z.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert t.dense_features(x).shape == (3, 8, 8, 128)
+
+
+def test_architecture_shape_matches_the_built_model_without_building_it():
+    for name in ("zeroseg-toyclip", "zeroseg-toyclip-vit"):
+        t = Teacher(name, None)
+        assert architecture_shape(name) == (t.embed_dim, t.image_size)
+    assert architecture_shape("ViT-L-14") == (768, 224)  # config only: no weights, no model
+    assert architecture_shape("no-such-architecture") is None
+
+
+def test_precision_is_checked_and_autocast_keeps_float32_outputs():
+    with pytest.raises(ValueError, match="precision must be one of"):
+        Teacher("zeroseg-toyclip", None, precision="int8")
+    fp32 = Teacher("zeroseg-toyclip", None)
+    bf16 = Teacher("zeroseg-toyclip", None, model=fp32.model, precision="bf16")
+    x = torch.rand(4, 3, 64, 64)
+    a, b = fp32.encode_images(x), bf16.encode_images(x)
+    assert a.dtype == b.dtype == torch.float32
+    assert not torch.equal(a, b) and torch.nn.functional.cosine_similarity(a, b).min() > 0.98

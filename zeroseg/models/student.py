@@ -23,7 +23,7 @@ from .grouping import ASSIGN_MODES, Assignment, GroupingBlock, GroupProjector
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STEMS = ("patch", "conv")
+STEMS = ("patch", "conv", "teacher")
 
 
 @dataclass
@@ -75,6 +75,15 @@ class StudentConfig:
     # (log2(patch_size) of them) and a 1x1 projection. A from-scratch ViT learns shapes very
     # slowly from a linear patch embedding; a conv stem learns them within minutes on CPU.
     stem: str = "patch"
+    # Beyond the paper: stem "teacher" makes a frozen copy of the teacher's image tower (open_clip
+    # architecture ``teacher_model``) the patch embedding: its per-location embeddings of the
+    # image enlarged ``teacher_scale`` times become the tokens, through one linear map. The
+    # paper's student starts from a pretrained backbone (MAE on ImageNet); on a world where the
+    # teacher is the only pretrained vision model, its tower plays that part. The tower's stride
+    # must equal ``teacher_scale * patch_size``. Its weights are loaded by the train stage and
+    # saved with the student.
+    teacher_model: str = ""
+    teacher_scale: int = 4
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -107,6 +116,8 @@ class StudentConfig:
             raise ValueError("group_after entries must be distinct")
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
+        if self.stem == "teacher" and not self.teacher_model:
+            raise ValueError("the teacher stem needs teacher_model (an open_clip architecture)")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             raise ValueError("the conv stem needs a power-of-two patch_size >= 2")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -117,6 +128,59 @@ class StudentConfig:
         ):
             if w % h or w % 4:
                 raise ValueError(f"{name} must be divisible by its heads and by 4")
+
+
+class TeacherStem(nn.Module):
+    """A frozen teacher image tower as the patch embedding: (B, C, H, W) student-normalised
+    images -> (B, N, width) tokens, N the student's patch grid. The tower stays in eval mode
+    (its batch statistics are the teacher's) and gets no gradient; only ``proj`` learns."""
+
+    def __init__(self, cfg: StudentConfig) -> None:
+        super().__init__()
+        from zeroseg.teacher import Teacher
+
+        teacher = Teacher(cfg.teacher_model, None)
+        self.visual = teacher.model.visual
+        self.visual.requires_grad_(False)
+        self.scale = cfg.teacher_scale
+        self.register_buffer("student_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("student_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), False)
+        self.register_buffer("teacher_mean", teacher._mean.clone(), False)
+        self.register_buffer("teacher_std", teacher._std.clone(), False)
+        grid = cfg.image_size // cfg.patch_size
+        probe = self._features(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+        if tuple(probe.shape[1:3]) != (grid, grid):
+            raise ValueError(
+                f"teacher stem: {cfg.teacher_model} at {cfg.teacher_scale}x the input gives a "
+                f"{probe.shape[1]}x{probe.shape[2]} map, the student's patch grid is {grid}x{grid}"
+            )
+        self.proj = nn.Linear(probe.shape[-1], cfg.width)
+
+    def train(self, mode: bool = True) -> TeacherStem:
+        super().train(mode)
+        self.visual.eval()
+        return self
+
+    def load_teacher(self, model_name: str, pretrained: str) -> None:
+        """Copy the teacher's trained tower weights in (the train stage does this once)."""
+        from zeroseg.teacher import load_teacher_model
+
+        model, _ = load_teacher_model(model_name, pretrained)
+        self.visual.load_state_dict(model.visual.state_dict())
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        from zeroseg.teacher import dense_tower_features
+
+        pixels = (x * self.student_std + self.student_mean).clamp(0.0, 1.0)
+        h, w = pixels.shape[-2:]
+        size = (h * self.scale, w * self.scale)
+        big = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+        with torch.no_grad():
+            feats = dense_tower_features(self.visual, (big - self.teacher_mean) / self.teacher_std)
+        return F.normalize(feats.float(), dim=-1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self._features(x).flatten(1, 2))
 
 
 class ConvStem(nn.Module):
@@ -210,6 +274,8 @@ class Student(nn.Module):
         # MAE encoder
         if cfg.stem == "conv":
             self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.in_chans, c)
+        elif cfg.stem == "teacher":
+            self.patch_embed = TeacherStem(cfg)
         else:
             self.patch_embed = PatchEmbed(
                 cfg.image_size, cfg.patch_size, cfg.in_chans, c, strict_img_size=False
@@ -452,7 +518,7 @@ class Student(nn.Module):
             "recon_loss": recon,
             "patch_groups": composed_assignment(assignments),
             "patch_index": keep,
-            "grid_hw": torch.tensor(grid, device=tokens.device),
+            "grid_hw": torch.tensor(grid),  # on the host: read as ints, also on meta/GPU
         }
         if self.patch_proj is not None:
             out["patch_embeds"] = self.patch_proj(tokens)
