@@ -4,8 +4,9 @@
 #   head       no work beyond the job drivers (ZS_HEAD_CPUS, default 1), dashboard + Jobs API
 #   extract    a worker node offering {"extract_worker": 1}  (extract.resource_label)
 #   train      a worker node offering {"train_worker": 1}    (train.resource_label)
-# Every node gets its own ports; all of them live under one state folder, which is how
-# infra/local/stop_cluster.sh finds (and stops) this cluster and nothing else.
+# Every node gets its own ports and its own Ray temp folder (nodes sharing one would unpack job
+# working dirs over each other, under a running job); all of them live under one state folder,
+# which is how infra/local/stop_cluster.sh finds (and stops) this cluster and nothing else.
 #
 # Usage: infra/local/start_cluster.sh [STATE_DIR]        (default /tmp/zeroseg-cluster)
 # Then:  source STATE_DIR/cluster.env
@@ -72,13 +73,13 @@ fi
 "$RAY" start --head --node-ip-address=127.0.0.1 --port="$GCS" \
   --dashboard-host=127.0.0.1 --dashboard-port="$DASH" --ray-client-server-port="$CLIENT" \
   --dashboard-agent-listen-port="$AGENT_H" --num-cpus="${ZS_HEAD_CPUS:-1}" \
-  --temp-dir="$STATE/ray" --disable-usage-stats > "$STATE/head.log" 2>&1
+  --temp-dir="$STATE/ray-head" --disable-usage-stats > "$STATE/head.log" 2>&1
 "$RAY" start --address="127.0.0.1:$GCS" --node-ip-address=127.0.0.1 \
   --dashboard-agent-listen-port="$AGENT_E" --num-cpus="${ZS_EXTRACT_CPUS:-1}" \
-  --resources='{"extract_worker": 1}' --temp-dir="$STATE/ray" > "$STATE/extract.log" 2>&1
+  --resources='{"extract_worker": 1}' --temp-dir="$STATE/ray-extract" > "$STATE/extract.log" 2>&1
 "$RAY" start --address="127.0.0.1:$GCS" --node-ip-address=127.0.0.1 \
   --dashboard-agent-listen-port="$AGENT_T" --num-cpus="${ZS_TRAIN_CPUS:-1}" \
-  --resources='{"train_worker": 1}' --temp-dir="$STATE/ray" > "$STATE/train.log" 2>&1
+  --resources='{"train_worker": 1}' --temp-dir="$STATE/ray-train" > "$STATE/train.log" 2>&1
 
 {
   echo "export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASH"

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.extract import extract_fingerprint
+from pipeline.inputs import InputPlan
 from zeroseg.config import config_to_dict, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,8 +39,18 @@ def test_paper_scale_configs_exist_and_share_one_cache():
         for key in cache_keys:
             assert cfg[key] == first[key], (name, key)
         assert cfg["extract"]["images_per_shard"] == first["extract"]["images_per_shard"], name
+        assert cfg["extract"]["precision"] == first["extract"]["precision"], name
         assert cfg["teacher"]["model"] == "ViT-L-14", name
     assert configs["extract_in1k_vitl14.yaml"]["extract"] == first["extract"]
+    # and so the cache address itself (the data read from a local copy: no credentials here)
+    teacher = {"model": "ViT-L-14", "pretrained": ""}  # the weights are compared above
+    plan = InputPlan("folder", ["/data/imagenet/train/n01/a.JPEG"], [None])
+    local = ["data.train=/data/imagenet/train"]
+    fps = {
+        extract_fingerprint(load_config(str(ROOT / "jobs" / n), local), teacher, plan)
+        for n in configs
+    }
+    assert len(fps) == 1
     assert configs["train_in1k_vitb16.yaml"]["train"] == first["train"]
     assert first["student"]["preset"] == "zeroseg-vit-b16"
     paper_eval = config_to_dict(load_config(str(ROOT / "jobs" / "eval_paper.yaml")))["eval"]
