@@ -74,6 +74,8 @@ def student_config(cfg: Config) -> dict[str, Any]:
 
     merged = dict(preset(cfg.student.preset))
     merged.update(cfg.student.overrides)
+    if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
+        merged["teacher_model"] = cfg.teacher.model  # the stem copies the run's own teacher
     return merged
 
 

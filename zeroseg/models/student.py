@@ -139,7 +139,8 @@ class TeacherStem(nn.Module):
         super().__init__()
         from zeroseg.teacher import Teacher
 
-        teacher = Teacher(cfg.teacher_model, None)
+        # Built where torch builds tensors now: the meta device under the dry run's counting.
+        teacher = Teacher(cfg.teacher_model, None, device=torch.get_default_device())
         self.visual = teacher.model.visual
         self.visual.requires_grad_(False)
         self.scale = cfg.teacher_scale
