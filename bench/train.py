@@ -43,7 +43,7 @@ emit = emitter("train")
 # a copy of the teacher's tower, which would put a teacher forward into the cached side too.)
 STUDENT = [
     "student.preset=student-tiny-dense",
-    "student.overrides={}",
+    "student.overrides.stem=patch",
     "train.mask_ratio=0.6",
     "train.w_dense=30",
     "train.w_patch=10",
