@@ -48,7 +48,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline.train import student_config, teacher_embed_dim
+    from pipeline.train import loss_weights, student_config, teacher_embed_dim
     from pipeline.train_plan import estimate
     from zeroseg.config import load_config
     from zeroseg.losses import distill_loss
@@ -77,8 +77,7 @@ def main() -> None:
     model = build_student(student, embed_dim=embed_dim).to(device).train()
     opt = torch.optim.AdamW(model.param_groups(cfg.train.weight_decay), lr=1e-4)
     levels = list(cfg.train.view_levels or cfg.views.levels)
-    weights = {k: getattr(cfg.train, f"w_{k}") for k in ("multiscale", "matching", "recon")}
-    weights.update({k: getattr(cfg.train, f"w_{k}") for k in ("dense", "patch")})
+    weights = loss_weights(cfg)
     size = int(student["image_size"])
     x = torch.rand(args.micro_batch, 3, size, size, device=device)
     views = torch.nn.functional.normalize(

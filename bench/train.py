@@ -63,7 +63,7 @@ def main() -> None:
 
     from pipeline.cache import CacheReader
     from pipeline.cache_stream import StreamSource
-    from pipeline.train import student_config
+    from pipeline.train import loss_weights, student_config
     from tests.synthetic_cache import LEVELS, write_cache
     from zeroseg.config import load_config
     from zeroseg.losses import distill_loss
@@ -78,8 +78,7 @@ def main() -> None:
     torch.set_num_threads(cpus)
     machine = f"{platform.machine()} {cpus} cores, no GPU, torch {torch.__version__}"
     cfg = load_config("jobs/demo.yaml", STUDENT)
-    weights = {k: getattr(cfg.train, f"w_{k}") for k in ("multiscale", "matching", "recon")}
-    weights.update({k: getattr(cfg.train, f"w_{k}") for k in ("dense", "patch")})
+    weights = loss_weights(cfg)
     teachers = {name: Teacher(name, None) for name in (vit_teacher, MODEL_NAME)}
     for t in teachers.values():
         t.model.eval()

@@ -79,6 +79,14 @@ def student_config(cfg: Config) -> dict[str, Any]:
     return merged
 
 
+LOSS_TERMS = ("multiscale", "matching", "recon", "dense", "patch")
+
+
+def loss_weights(cfg: Config) -> dict[str, float]:
+    """``train.w_<term>`` of every loss term, as ``distill_loss`` takes them."""
+    return {k: getattr(cfg.train, f"w_{k}") for k in LOSS_TERMS}
+
+
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     """Linear warm-up then cosine decay to zero."""
     if warmup > 0 and step < warmup:
@@ -191,7 +199,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
             "started_at": now(),
         },
     )
-    weights = {k: tc[f"w_{k}"] for k in ("multiscale", "matching", "recon", "dense", "patch")}
+    weights = {k: tc[f"w_{k}"] for k in LOSS_TERMS}
     # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.
     unused = tc["mask_ratio"] == 0 or len(levels) == 1 or any(v == 0 for v in weights.values())
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})

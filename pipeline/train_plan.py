@@ -32,6 +32,8 @@ def count_step(
     from zeroseg.models import build_student
     from zeroseg.views import num_views
 
+    from .train import loss_weights
+
     with torch.device("meta"):
         model = build_student(student, embed_dim=embed_dim)
     model.train()
@@ -39,8 +41,7 @@ def count_step(
     levels = list(cfg.train.view_levels or cfg.views.levels)
     x = torch.empty(micro_batch, 3, size, size, device="meta")
     views = torch.empty(micro_batch, num_views(levels), embed_dim, device="meta")
-    weights = {k: getattr(cfg.train, f"w_{k}") for k in ("multiscale", "matching", "recon")}
-    weights.update({k: getattr(cfg.train, f"w_{k}") for k in ("dense", "patch")})
+    weights = loss_weights(cfg)
     saved = [0]
 
     def pack(t: torch.Tensor) -> torch.Tensor:
