@@ -98,6 +98,7 @@ def main() -> None:
                 dense_levels=(max(levels),),
                 target_center=center,
                 multiscale_views=cfg.train.multiscale_views,
+                images=x,
             )
         opt.zero_grad(set_to_none=True)
         total.backward()

@@ -267,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
         "classes; default), 'threshold:P' (best class probability below P), 'cosine:C'",
     )
     p.add_argument(
+        "--readout",
+        choices=["auto", "segments", "segments+patches"],
+        default="auto",
+        help="pixel scores: 'segments' (each pixel takes its group's segment token, the paper), "
+        "'segments+patches' (averaged with the per-patch projections), 'auto' (the second when "
+        "the student has per-patch projections)",
+    )
+    p.add_argument(
         "--save-labels",
         action="store_true",
         help="also write label maps: <stem>.npy (int32) and <stem>_labels.png (palette PNG); "
@@ -339,6 +347,7 @@ def _dispatch(args, parser) -> int:
             save_labels=args.save_labels,
             classes_file=args.classes_file,
             device=args.device,
+            readout=args.readout,
         )
 
     if cmd == "submit":

@@ -64,6 +64,7 @@ def protocol(
         "tune_on_val": tune,
         "rule_selection": "best mIoU on the validation split" if tune else "fixed",
         "dense_input_size": cfg.eval.dense_input_size or None,
+        "student_readout": cfg.eval.student_readout,
         "input_size": (
             f"short side {pinned.short_side}, windows {pinned.window} / stride {pinned.stride}; "
             "predictions at the mask's resolution"
@@ -135,6 +136,7 @@ class Scorer:
         self.window, self.stride = int(pinned["window"]), int(pinned["stride"])
         self.crop_size = int(self.info["views"]["crop_size"])
         self.dense_input_size = proto["dense_input_size"]
+        self.readout = proto.get("student_readout", "segments")
 
     def cosines(self, method: str, image: np.ndarray):
         from zeroseg.predict import method_cosines
@@ -149,6 +151,7 @@ class Scorer:
             dense_input_size=self.dense_input_size,
             window=self.window,
             stride=self.stride,
+            readout=self.readout,
         )
         return None if cos is None else cos.cpu()
 

@@ -78,9 +78,11 @@ def segment_images(
     save_labels: bool = False,
     classes_file: str | None = None,
     device: str = "auto",
+    readout: str = "auto",
 ) -> int:
     """Overlay PNG (and optionally label maps) per image; bad images are recorded and skipped,
-    the batch goes on. Returns 1 when any image failed, else 0."""
+    the batch goes on. Returns 1 when any image failed, else 0. ``readout`` "auto" reads out
+    through segments and per-patch projections when the student has them."""
     import torch
     from tqdm import tqdm
 
@@ -104,6 +106,8 @@ def segment_images(
         raise FileNotFoundError(f"no images found in {images}")
     student, info = load_student(checkpoint)
     student.to(device)
+    if readout == "auto":
+        readout = "segments+patches" if student.patch_proj is not None else "segments"
     t = info["teacher"]
     teacher = Teacher(
         t["model"],
@@ -127,7 +131,7 @@ def segment_images(
             failures[uri] = type(exc).__name__
             tqdm.write(f"zeroseg segment: skipping {uri}: {exc}")
             continue
-        cos = student_cosines(student, image, text, size).cpu()
+        cos = student_cosines(student, image, text, size, readout=readout).cpu()
         labels = apply_rule(cos, background, image.shape[:2])
         buf = io.BytesIO()
         scale = max(1, 256 // max(image.shape[:2]))

@@ -79,7 +79,7 @@ def student_config(cfg: Config) -> dict[str, Any]:
     return merged
 
 
-LOSS_TERMS = ("multiscale", "matching", "recon", "dense", "patch")
+LOSS_TERMS = ("multiscale", "matching", "recon", "dense", "patch", "affinity")
 
 
 def loss_weights(cfg: Config) -> dict[str, float]:
@@ -259,6 +259,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
                 dense_levels=(max(levels),),
                 target_center=center_dev,
                 multiscale_views=tc["multiscale_views"],
+                images=x,
             )
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -528,15 +529,18 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(7.5, 3.5), dpi=100)
     steps = [r["step"] for r in history]
-    for key in ("loss", "loss_multiscale", "loss_matching", "loss_recon"):
-        if history and key in history[0]:
-            ax.plot(steps, [r[key] for r in history], label=key)
+    # the total and every term that was on (a term that stays 0, e.g. recon without masking,
+    # has no place on a log scale)
+    for key in ("loss", *(f"loss_{t}" for t in LOSS_TERMS)):
+        values = [r.get(key, 0.0) for r in history]
+        if any(v > 0 for v in values):
+            ax.plot(steps, values, label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")
-    ax.legend()
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     buf = io.BytesIO()

@@ -61,6 +61,7 @@ def count_step(
                 if cfg.train.center_targets
                 else None,
                 multiscale_views=cfg.train.multiscale_views,
+                images=x,
             )
         forward = counter.get_total_flops()
         total.backward()

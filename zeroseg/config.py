@@ -149,6 +149,9 @@ class TrainConfig:
     # (docs/student_research.md).
     w_dense: float = 0.0
     w_patch: float = 0.0
+    # Beyond the paper (0 = off): a pairwise colour prior on the grouping (neighbouring pixels of
+    # one colour share a group, of clearly different colours do not).
+    w_affinity: float = 0.0
     # Score the per-patch terms as cosine after subtracting the dataset-mean teacher embedding,
     # so differences between classes dominate them (docs/student_research.md).
     center_targets: bool = False
@@ -224,6 +227,10 @@ class EvalConfig:
     tune_on_val: bool = True
     # Input side for the MaskCLIP-style dense baseline (0 = the teacher's own input size).
     dense_input_size: int = 0
+    # The student's pixel scores: "segments" (the paper: each pixel takes its group's segment
+    # token) or "segments+patches" (beyond the paper: averaged with the student's per-patch
+    # projections; needs a student with patch_proj).
+    student_readout: str = "segments"
     prob_scale: float = 100.0
     overlays: int = 8
 
@@ -368,9 +375,12 @@ def _student_problems(cfg: Config) -> list[tuple[str, str]]:
     if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
         merged["teacher_model"] = cfg.teacher.model  # what the train stage fills in
     try:
-        Architecture.from_dict(merged)
+        arch = Architecture.from_dict(merged)
     except (KeyError, ValueError, TypeError) as exc:
         return [("student.overrides", str(exc.args[0] if exc.args else exc))]
+    if cfg.eval.student_readout == "segments+patches" and not arch.patch_proj:
+        why = "'segments+patches' needs a student with patch_proj (e.g. student-tiny-dense)"
+        return [("eval.student_readout", why)]
     return []
 
 
@@ -384,6 +394,8 @@ def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
     from .protocols import list_protocols
 
     problems: list[tuple[str, str]] = []
+    if ev.student_readout not in ("segments", "segments+patches"):
+        problems.append(("eval.student_readout", "must be 'segments' or 'segments+patches'"))
     key = "eval.benchmarks" if ev.benchmarks else "eval.benchmark"
     names = eval_benchmarks(ev)
     for name in names:

@@ -19,7 +19,9 @@ worlds the grouping collapses to one group. ``dense`` scores the student the way
 it (pixel -> its group -> that group's embedding): the assignment-weighted L1 between each
 patch's groups and its cell target, a soft k-means that moves patches to the segment nearest
 their cell and segments toward their patches' cells. ``patch`` regresses a per-patch projection
-of the encoder tokens onto the same targets.
+of the encoder tokens onto the same targets. ``affinity`` ties the grouping to the image
+itself: neighbouring pixels of nearly the same colour should share a group and pixels of clearly
+different colours should not (a pairwise colour prior, as weakly supervised segmentation uses).
 """
 
 from __future__ import annotations
@@ -29,7 +31,14 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
-DEFAULT_WEIGHTS = {"multiscale": 1.0, "matching": 1.0, "recon": 1.0, "dense": 0.0, "patch": 0.0}
+DEFAULT_WEIGHTS = {
+    "multiscale": 1.0,
+    "matching": 1.0,
+    "recon": 1.0,
+    "dense": 0.0,
+    "patch": 0.0,
+    "affinity": 0.0,
+}
 _REDUCTIONS = ("mean", "sum")
 DENSE_MODES = ("mean", "min")
 DEFAULT_LEVELS = (1, 2, 3, 4)
@@ -153,6 +162,68 @@ def patch_regression(
     return _distance(patch_embeds.unsqueeze(2), cell_targets, distance, dim_reduction).mean()
 
 
+def color_affinity(
+    patch_groups: torch.Tensor,
+    patch_index: torch.Tensor,
+    grid_hw: torch.Tensor | Sequence[int],
+    images: torch.Tensor,
+    dilations: Sequence[int] = (1, 2, 4),
+    far: Sequence[int] = (8, 16, 32),
+    same_below: float = 0.05,
+    apart_above: float = 0.2,
+) -> torch.Tensor:
+    """Pairwise colour prior on the grouping, at pixel resolution.
+
+    ``patch_groups`` (B, N', G) is the composed soft assignment of the patches the head saw,
+    ``patch_index`` (B, N') their raster positions, ``images`` (B, 3, H, W) in [0, 1]. The
+    assignment is upsampled bilinearly to the pixels, as inference does (masked patches are
+    left out of the interpolation; pixels with no visible patch nearby are skipped). For pixel
+    pairs ``d`` apart (right, down and both diagonals) the probability of sharing a group is
+    ``s = sum_g p_g q_g``. Pairs whose colours (after a 3x3 box blur, which removes texture
+    noise) differ by more than ``apart_above`` (RGB L2) pay ``-log(1 - s)``, at every distance
+    in ``dilations`` and ``far``: the far pairs keep two separate objects of different colours
+    out of one group. Neighbours (``dilations``) differing by less than ``same_below`` pay
+    ``-log s``; far pairs of one colour are left free. The two means are added, so the few
+    pairs across boundaries weigh as much as the many inside regions.
+    """
+    b, n, g = patch_groups.shape
+    gh, gw = (int(v) for v in grid_hw)
+    full = patch_groups.new_zeros(b, gh * gw, g + 1)  # the last channel marks visible patches
+    seen = torch.cat([patch_groups, torch.ones_like(patch_groups[..., :1])], dim=-1)
+    full = full.scatter(1, patch_index[..., None].expand(-1, -1, g + 1), seen)
+    maps = full.transpose(1, 2).reshape(b, g + 1, gh, gw).float()
+    up = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    weight = up[:, -1:]  # share of the interpolation that came from visible patches
+    probs = up[:, :-1] / weight.clamp_min(1e-6)
+    valid = (weight[:, 0] > 0.25).float()
+    colors = F.avg_pool2d(images.float(), 3, stride=1, padding=1, count_include_pad=False)
+    eps = 1e-4
+    same_sum = apart_sum = probs.new_zeros(())
+    same_n = apart_n = probs.new_zeros(())
+    for d in (*dilations, *far):
+        near = float(d in dilations)
+        for dy, dx in ((0, d), (d, 0), (d, d), (d, -d)):
+            pa, pc = _shifted_pair(probs, dy, dx)
+            ca, cc = _shifted_pair(colors, dy, dx)
+            va, vc = _shifted_pair(valid, dy, dx)
+            share = (pa * pc).sum(dim=1).clamp(eps, 1.0 - eps)  # (B, h, w)
+            dist = (ca - cc).norm(dim=1)
+            both = va * vc
+            same = (dist < same_below).float() * both * near
+            apart = (dist > apart_above).float() * both
+            same_sum = same_sum - (share.log() * same).sum()
+            apart_sum = apart_sum - ((1.0 - share).log() * apart).sum()
+            same_n, apart_n = same_n + same.sum(), apart_n + apart.sum()
+    return same_sum / same_n.clamp_min(1.0) + apart_sum / apart_n.clamp_min(1.0)
+
+
+def _shifted_pair(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views of ``x`` (..., H, W) whose pixels at equal indices lie (dy, dx) apart."""
+    h, w = x.shape[-2:]
+    left, right = max(0, -dx), max(0, dx)  # columns the shift drops on each side
+    return x[..., : h - dy, left : w - right], x[..., dy:, right : w - left]
+
+
 def target_center(embeddings, normalize: bool = True, chunk: int = 4096) -> torch.Tensor:
     """(D,): the mean teacher embedding over every image and view, for ``distill_loss``'s
     ``target_center``. ``embeddings`` (N, V, D) or (N, D), a tensor or array of any float dtype
@@ -183,6 +254,7 @@ def distill_loss(
     levels: Sequence[int] = DEFAULT_LEVELS,
     target_center: torch.Tensor | None = None,
     multiscale_views: str = "all",
+    images: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the ZeroSeg terms for one batch.
 
@@ -197,9 +269,10 @@ def distill_loss(
     loss is driven by how a cell differs from the typical cell (which object it holds) rather
     than by the component all cells share. The paper's terms are unaffected.
     ``multiscale_views="global"`` distils z to the whole-image view v1 only (the paper's
-    ablation base) instead of every view. Returns
+    ablation base) instead of every view. ``images`` (B, 3, H, W) in [0, 1] are needed by the
+    ``affinity`` term only. Returns
     ``(total, terms)``: the unweighted terms (detached) for logging, ``multiscale``,
-    ``matching``, ``recon`` always, ``dense`` / ``patch`` when weighted.
+    ``matching``, ``recon`` always, ``dense`` / ``patch`` / ``affinity`` when weighted.
     """
     w = dict(DEFAULT_WEIGHTS)
     if weights:
@@ -249,6 +322,12 @@ def distill_loss(
             if center is not None:
                 pe = pe - center
             terms["patch"] = patch_regression(pe, cells, dim_reduction, distance)
+    if w["affinity"]:
+        if images is None:
+            raise ValueError("the affinity term needs the batch's images")
+        terms["affinity"] = color_affinity(
+            out["patch_groups"], out["patch_index"], out["grid_hw"], images
+        )
     total = sum(w[k] * v for k, v in terms.items() if w[k] != 0)
     if not torch.is_tensor(total):  # every weight zero
         total = z.sum() * 0.0

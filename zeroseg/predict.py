@@ -30,6 +30,10 @@ from .inference import (
 from .views import cut_views
 
 METHODS = ("student", "grid_crop", "maskclip_dense", "all_background")
+# How the student's pixels get class scores: "segments" (the paper: pixel -> its group -> the
+# group's segment token) or "segments+patches" (beyond the paper: the mean of that map and the
+# student's own per-patch projections, upsampled like a dense map; needs patch_proj).
+READOUTS = ("segments", "segments+patches")
 BASELINES = METHODS[1:]
 BACKGROUND_NAME = "background"
 
@@ -71,8 +75,13 @@ def student_cosines(
     size: int,
     window: int | None = None,
     stride: int | None = None,
+    readout: str = "segments",
 ) -> torch.Tensor:
     """Pixel -> its group (the student's composed soft assignment) -> the group's cosines.
+
+    With ``readout="segments+patches"`` each window's map is averaged with the cosines of the
+    student's per-patch projections (bilinearly upsampled): the groups draw the regions, the
+    patches add where inside a region the evidence for each class lies.
 
     The evaluation protocol: the short side is resized to ``size`` (aspect kept, sides rounded
     to the patch size), windows of ``window`` (default ``size``) slide with ``stride``
@@ -85,9 +94,16 @@ def student_cosines(
     # on the student's device, so a GPU task computes there
     x = image_tensor(image, resized)[0].to(next(student.parameters()).device)
 
+    if readout not in READOUTS:
+        raise ValueError(f"student read-out {readout!r}: use one of {', '.join(READOUTS)}")
+
     def window_scores(crop: torch.Tensor) -> torch.Tensor:
-        segments, pixel_groups = student.segment(crop)
-        return pixel_class_scores(pixel_groups[0], segments[0], text)
+        if readout == "segments":
+            segments, pixel_groups = student.segment(crop)
+            return pixel_class_scores(pixel_groups[0], segments[0], text)
+        segments, pixel_groups, patches = student.segment_with_patches(crop)
+        groups = pixel_class_scores(pixel_groups[0], segments[0], text)
+        return 0.5 * (groups + dense_score_map(patches[0], text, tuple(crop.shape[-2:])))
 
     cos = sliding_window_scores(window_scores, x, window, stride or window)
     if tuple(cos.shape[-2:]) != (h, w):
@@ -127,12 +143,13 @@ def method_cosines(
     dense_input_size: int | None = None,
     window: int | None = None,
     stride: int | None = None,
+    readout: str = "segments",
 ) -> torch.Tensor | None:
     """``(1 + C, H, W)`` cosines of one method; None for ``all_background``. ``size`` is the
     student's short side (and the grid-crop's square input); ``window`` / ``stride`` its sliding
-    window."""
+    window; ``readout`` the student's (:data:`READOUTS`)."""
     if method == "student":
-        return student_cosines(student, image, text, size, window, stride)
+        return student_cosines(student, image, text, size, window, stride, readout)
     if method == "grid_crop":
         return grid_cosines(teacher, image, text, size, 4)
     if method == "maskclip_dense":

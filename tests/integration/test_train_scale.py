@@ -27,6 +27,8 @@ ZEROSEG = os.path.join(os.path.dirname(sys.executable), "zeroseg")
 def _overrides(root: str, *extra: str) -> list[str]:
     return [
         f"storage.root={root}",
+        # the synthetic cache names no real teacher checkpoint for a teacher stem to load
+        "student.overrides.stem=patch",
         "train.batch_size=8",
         "train.cpus_per_worker=1",
         "train.epochs=100",

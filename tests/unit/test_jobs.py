@@ -92,3 +92,22 @@ def test_packaged_working_dir_stays_under_rays_limit(tmp_path):
         top = name.split("/", 1)[0]
         assert top not in {".git", ".venv", "runs", "data"}, name
         assert "__pycache__" not in name, name
+
+
+def test_paper_exact_job_switches_every_beyond_the_paper_option_off():
+    from zeroseg.models.registry import student_config
+
+    cfg = load_config(str(ROOT / "jobs" / "paper_exact.yaml"))
+    t = cfg.train
+    assert (t.w_multiscale, t.w_matching, t.w_recon) == (1, 1, 1)
+    assert (t.w_dense, t.w_patch, t.w_affinity) == (0, 0, 0) and not t.center_targets
+    assert t.mask_ratio == 0.6 and t.multiscale_views == "all"
+    assert cfg.eval.student_readout == "segments" and not cfg.student.overrides
+    arch = student_config(cfg.student.preset)
+    assert arch.get("stem", "patch") == "patch" and not arch.get("patch_proj", False)
+    assert arch.get("gumbel", True) and arch.get("hard_assignment", True)
+    # the demo differs only in the student and training recipe: the same world, views, cache
+    demo = config_to_dict(load_config(str(ROOT / "jobs" / "demo.yaml")))
+    mine = config_to_dict(cfg)
+    for key in ("world", "teacher", "views"):
+        assert mine[key] == demo[key], key

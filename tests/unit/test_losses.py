@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from zeroseg.losses import distill_loss, multiscale_l1, segment_matching
+from zeroseg.losses import color_affinity, distill_loss, multiscale_l1, segment_matching
 
 
 def test_multiscale_l1_hand_computed():
@@ -216,3 +216,91 @@ def test_multiscale_global_only_and_grid_one_has_no_matching():
     assert one["matching"].item() == 0.0
     with pytest.raises(ValueError, match="multiscale_views"):
         distill_loss(out, views, multiscale_views="local")
+
+
+def _square_scene() -> torch.Tensor:
+    """Two noisy grey 64-px images with a red square on patches 2-4 of an 8x8 patch grid."""
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 64, 64) * 0.02 + 0.5
+    img[:, :, 16:40, 16:40] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    return img
+
+
+ALL = torch.arange(64).expand(2, -1)  # every patch of an 8x8 grid, raster order
+
+
+def test_color_affinity_prefers_the_grouping_that_follows_colours():
+    img = _square_scene()
+    follows = torch.zeros(2, 8, 8, 2)
+    follows[..., 0] = 1
+    follows[:, 2:5, 2:5] = torch.tensor([0.0, 1.0])
+    merged = torch.zeros(2, 64, 2)
+    merged[..., 0] = 1  # one group for square and background
+    undecided = torch.full((2, 64, 2), 0.5)
+    good = color_affinity(follows.reshape(2, 64, 2), ALL, (8, 8), img)
+    assert good < color_affinity(undecided, ALL, (8, 8), img)
+    assert color_affinity(undecided, ALL, (8, 8), img) < color_affinity(merged, ALL, (8, 8), img)
+    # uniform colours everywhere: only "same" pairs, and one group is the best answer
+    flat = torch.full_like(img, 0.5)
+    assert color_affinity(merged, ALL, (8, 8), flat) < 1e-3
+    assert color_affinity(undecided, ALL, (8, 8), flat) > 0.5
+
+
+def test_color_affinity_far_pairs_split_separate_objects():
+    img = _square_scene()
+    img[:, :, 48:60, 48:60] = torch.tensor([0.1, 0.1, 0.9])[:, None, None]  # a blue square
+    two = torch.zeros(2, 8, 8, 3)
+    two[..., 0] = 1
+    two[:, 2:5, 2:5] = torch.tensor([0.0, 1.0, 0.0])
+    three = two.clone()
+    two[:, 6:8, 6:8] = torch.tensor([0.0, 1.0, 0.0])  # both squares in one group
+    three[:, 6:8, 6:8] = torch.tensor([0.0, 0.0, 1.0])
+    assert color_affinity(three.reshape(2, 64, 3), ALL, (8, 8), img) < color_affinity(
+        two.reshape(2, 64, 3), ALL, (8, 8), img
+    )
+    # without far pairs the two squares never meet, and both groupings cost the same
+    near = {"far": ()}
+    a = color_affinity(three.reshape(2, 64, 3), ALL, (8, 8), img, **near)
+    assert a == pytest.approx(color_affinity(two.reshape(2, 64, 3), ALL, (8, 8), img, **near))
+
+
+def test_color_affinity_gradient_and_masked_patches():
+    img = _square_scene()
+    logits = torch.randn(2, 64, 4, requires_grad=True)
+    color_affinity(logits.softmax(-1), ALL, (8, 8), img).backward()
+    assert logits.grad.abs().sum() > 0
+    # with masking only the visible patches count: the loss of a grouping that follows the
+    # colours stays low when a third of the patches are hidden
+    follows = torch.zeros(2, 8, 8, 2)
+    follows[..., 0] = 1
+    follows[:, 2:5, 2:5] = torch.tensor([0.0, 1.0])
+    follows = follows.reshape(2, 64, 2)
+    keep = torch.stack(
+        [
+            torch.randperm(64, generator=torch.Generator().manual_seed(i))[:40].sort().values
+            for i in range(2)
+        ]
+    )
+    visible = follows.gather(1, keep[..., None].expand(-1, -1, 2))
+    merged = torch.zeros(2, 40, 2)
+    merged[..., 0] = 1
+    low = color_affinity(visible, keep, (8, 8), img)
+    assert torch.isfinite(low) and low < color_affinity(merged, keep, (8, 8), img)
+
+
+def test_distill_loss_affinity_term_needs_images():
+    img = _square_scene()
+    out = {
+        "z": torch.randn(2, 16),
+        "segments": torch.randn(2, 4, 16),
+        "recon_loss": torch.tensor(0.0),
+        "patch_groups": torch.softmax(torch.randn(2, 64, 4), -1),
+        "patch_index": torch.arange(64).expand(2, -1),
+        "grid_hw": torch.tensor([8, 8]),
+    }
+    views = torch.randn(2, 30, 16)
+    base, _ = distill_loss(out, views)
+    total, terms = distill_loss(out, views, weights={"affinity": 2.0}, images=img)
+    assert total.item() == pytest.approx(base.item() + 2 * terms["affinity"].item(), rel=1e-5)
+    with pytest.raises(ValueError, match="images"):
+        distill_loss(out, views, weights={"affinity": 1.0})

@@ -79,3 +79,37 @@ def test_student_cosines_on_non_square_images_keep_the_image_size():
     assert torch.allclose(one, ref, atol=1e-5)
     out = student_cosines(student, wide, text, 64, window=64, stride=32)
     assert out.shape == (4, 48, 100)
+
+
+def test_segments_plus_patches_readout_averages_group_and_patch_cosines():
+    torch.manual_seed(0)
+    student = build_student("student-tiny-dense", 16).eval()
+    text = torch.randn(4, 16)
+    image = np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    segs, groups, patches = student.segment_with_patches(x)
+    same_segs, same_groups = student.segment(x)
+    assert torch.equal(segs, same_segs) and torch.equal(groups, same_groups)
+    assert patches.shape == (1, 8, 8, 16)
+    norm = torch.nn.functional.normalize
+    by_group = (norm(segs[0], dim=-1) @ norm(text, dim=-1).T)[groups[0].argmax(0)]
+    by_patch = norm(patches[0], dim=-1) @ norm(text, dim=-1).T  # (8, 8, C) on the patch grid
+    by_patch = torch.nn.functional.interpolate(
+        by_patch.permute(2, 0, 1)[None], size=(64, 64), mode="bilinear", align_corners=False
+    )[0]
+    both = student_cosines(student, image, text, 64, readout="segments+patches")
+    assert torch.allclose(both, 0.5 * (by_group.permute(2, 0, 1) + by_patch), atol=1e-5)
+    # a patch-proj-free student has nothing to add, and an unknown read-out is named
+    with pytest.raises(ValueError, match="patch_proj"):
+        student_cosines(
+            build_student("student-tiny", 16).eval(), image, text, 64, readout="segments+patches"
+        )
+    with pytest.raises(ValueError, match="read-out"):
+        student_cosines(student, image, text, 64, readout="patches")
+
+
+def test_student_readout_is_checked_when_the_config_loads():
+    with pytest.raises(ConfigError, match="eval.student_readout"):
+        load_config("jobs/demo.yaml", ["eval.student_readout=patches"])
+    with pytest.raises(ConfigError, match="patch_proj"):
+        load_config("jobs/paper_exact.yaml", ["eval.student_readout=segments+patches"])

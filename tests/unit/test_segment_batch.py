@@ -45,6 +45,8 @@ def test_segment_batch_with_globs_folders_and_failures(tmp_path, capsys):
             "threshold:0.5",
             "--device",
             "cpu",
+            "--readout",
+            "segments",
             "--save-labels",
         ]
     )

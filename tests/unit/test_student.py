@@ -276,3 +276,25 @@ def test_teacher_stem_refuses_a_scale_that_misses_the_patch_grid():
         )
     with pytest.raises(ValueError, match="teacher_model"):
         build_student("student-tiny-dense", 128, stem="teacher")
+
+
+def test_teacher_stem_with_pixels_adds_a_linear_pixel_embedding():
+    """stem_pixels: tokens = the tower's tokens + a linear embedding of each patch's pixels,
+    which learns; a patch-only stem refuses the option."""
+    torch.manual_seed(2)
+    model = build_student(
+        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip", stem_pixels=True
+    )
+    stem = model.patch_embed
+    x = torch.randn(2, 3, 64, 64)
+    tower_only = stem.proj(stem._features(x).flatten(1, 2))
+    pixels = stem.pixels.proj(x).flatten(2).transpose(1, 2)  # one linear map per 8x8 patch
+    assert torch.allclose(stem(x), tower_only + pixels, atol=1e-5)
+    changed = x.clone()
+    changed[:, :, :8, :8] += 1.0  # only the first patch's pixels
+    moved = (stem(changed) - stem(x)).abs().sum(-1)[0]
+    assert moved[0] > 0 and moved[2:].max() < moved[0]  # the tower still mixes a little
+    model(x, mask_ratio=0.0)["patch_embeds"].sum().backward()
+    assert stem.pixels.proj.weight.grad is not None
+    with pytest.raises(ValueError, match="stem_pixels"):
+        build_student("student-tiny-dense", 128, stem_pixels=True)

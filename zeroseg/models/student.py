@@ -84,6 +84,10 @@ class StudentConfig:
     # saved with the student.
     teacher_model: str = ""
     teacher_scale: int = 4
+    # Beyond the paper: with the teacher stem, also embed each patch's raw pixels (a linear
+    # patch embedding added to the tower's tokens): the tower's features are semantic but blur
+    # colours and edges, which a grouping that follows objects needs.
+    stem_pixels: bool = False
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -118,6 +122,8 @@ class StudentConfig:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.stem == "teacher" and not self.teacher_model:
             raise ValueError("the teacher stem needs teacher_model (an open_clip architecture)")
+        if self.stem_pixels and self.stem != "teacher":
+            raise ValueError("stem_pixels adds pixels to the teacher stem: set stem='teacher'")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             raise ValueError("the conv stem needs a power-of-two patch_size >= 2")
         if not 0.0 <= self.mask_ratio < 1.0:
@@ -156,6 +162,11 @@ class TeacherStem(nn.Module):
                 f"{probe.shape[1]}x{probe.shape[2]} map, the student's patch grid is {grid}x{grid}"
             )
         self.proj = nn.Linear(probe.shape[-1], cfg.width)
+        self.pixels = None
+        if cfg.stem_pixels:
+            self.pixels = PatchEmbed(
+                cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.width, strict_img_size=False
+            )
 
     def train(self, mode: bool = True) -> TeacherStem:
         super().train(mode)
@@ -181,7 +192,8 @@ class TeacherStem(nn.Module):
         return F.normalize(feats.float(), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(self._features(x).flatten(1, 2))
+        tokens = self.proj(self._features(x).flatten(1, 2))
+        return tokens if self.pixels is None else tokens + self.pixels(x)
 
 
 class ConvStem(nn.Module):
@@ -535,6 +547,23 @@ class Student(nn.Module):
         (each pixel's weights over groups sum to 1, up to interpolation rounding).
         Any H, W divisible by the patch size works (positions are rescaled).
         """
+        segments, pixel_groups, _ = self._segment(x, patches=False)
+        return segments, pixel_groups
+
+    @torch.no_grad()
+    def segment_with_patches(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`segment` plus the per-patch projections on the patch grid, ``(B, gh, gw, D)``
+        (students built with ``patch_proj``), from the same forward pass."""
+        if self.patch_proj is None:
+            raise ValueError("this student has no per-patch projections (patch_proj=False)")
+        segments, pixel_groups, patches = self._segment(x, patches=True)
+        return segments, pixel_groups, patches
+
+    def _segment(
+        self, x: torch.Tensor, patches: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         img = self.normalize(x)
         tokens, _, _, (gh, gw) = self.encode(img, 0.0)
         seg, assignments = self.group(tokens, stochastic=False)
@@ -544,7 +573,8 @@ class Student(nn.Module):
         pixel_groups = F.interpolate(
             grid_maps, size=x.shape[-2:], mode="bilinear", align_corners=False
         )
-        return self.segment_proj(seg), pixel_groups
+        per_patch = self.patch_proj(tokens).reshape(b, gh, gw, -1) if patches else None
+        return self.segment_proj(seg), pixel_groups, per_patch
 
     def _diagnostics(self, assignments: list[Assignment]) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
