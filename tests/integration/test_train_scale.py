@@ -136,7 +136,20 @@ def test_killed_driver_rerun_resumes(cache, tmp_path):
         *_overrides(str(root), "train.max_steps=120", "train.checkpoint_every_steps=20"),
         "ray.num_cpus=2",
     ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # its own session: the Ray processes it starts share the group, so the test can reap them
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        _kill_and_rerun(proc, root, args)
+    finally:
+        try:  # whatever the killed driver's Ray left behind (e.g. its train controller)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_and_rerun(proc: subprocess.Popen, root, args: list[str]) -> None:
     deadline = time.time() + 240
     while not _registered_checkpoint(root):
         assert proc.poll() is None, "training ended before it could be killed"
