@@ -47,6 +47,7 @@ STUDENT = [
     "train.mask_ratio=0.6",
     "train.w_dense=30",
     "train.w_patch=10",
+    "train.w_affinity=0",
 ]
 
 
