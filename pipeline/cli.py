@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from zeroseg.config import ConfigError, load_config
+from zeroseg.config import STUDENT_READOUTS, ConfigError, load_config
 
 EPILOG = """\
 examples:
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--readout",
-        choices=["auto", "segments", "segments+patches"],
+        choices=["auto", *STUDENT_READOUTS],
         default="auto",
         help="pixel scores: 'segments' (each pixel takes its group's segment token, the paper), "
         "'segments+patches' (averaged with the per-patch projections), 'auto' (the second when "

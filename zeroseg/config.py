@@ -14,6 +14,12 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+# How the student's pixels get class scores (zeroseg.predict.student_cosines): "segments" (the
+# paper: pixel -> its group -> the group's segment token) or "segments+patches" (beyond the
+# paper: averaged with the student's per-patch projections; needs patch_proj). Kept here, with no
+# torch import, so the config check and the CLI's choices read the same list.
+STUDENT_READOUTS = ("segments", "segments+patches")
+
 __all__ = [
     "MISSING",
     "Config",
@@ -227,9 +233,7 @@ class EvalConfig:
     tune_on_val: bool = True
     # Input side for the MaskCLIP-style dense baseline (0 = the teacher's own input size).
     dense_input_size: int = 0
-    # The student's pixel scores: "segments" (the paper: each pixel takes its group's segment
-    # token) or "segments+patches" (beyond the paper: averaged with the student's per-patch
-    # projections; needs a student with patch_proj).
+    # The student's pixel scores, one of STUDENT_READOUTS ("segments" is the paper's).
     student_readout: str = "segments"
     prob_scale: float = 100.0
     overlays: int = 8
@@ -394,8 +398,8 @@ def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
     from .protocols import list_protocols
 
     problems: list[tuple[str, str]] = []
-    if ev.student_readout not in ("segments", "segments+patches"):
-        problems.append(("eval.student_readout", "must be 'segments' or 'segments+patches'"))
+    if ev.student_readout not in STUDENT_READOUTS:
+        problems.append(("eval.student_readout", f"must be one of {list(STUDENT_READOUTS)}"))
     key = "eval.benchmarks" if ev.benchmarks else "eval.benchmark"
     names = eval_benchmarks(ev)
     for name in names:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .config import STUDENT_READOUTS
 from .inference import (
     dense_score_map,
     grid_score_map,
@@ -30,10 +31,6 @@ from .inference import (
 from .views import cut_views
 
 METHODS = ("student", "grid_crop", "maskclip_dense", "all_background")
-# How the student's pixels get class scores: "segments" (the paper: pixel -> its group -> the
-# group's segment token) or "segments+patches" (beyond the paper: the mean of that map and the
-# student's own per-patch projections, upsampled like a dense map; needs patch_proj).
-READOUTS = ("segments", "segments+patches")
 BASELINES = METHODS[1:]
 BACKGROUND_NAME = "background"
 
@@ -94,8 +91,8 @@ def student_cosines(
     # on the student's device, so a GPU task computes there
     x = image_tensor(image, resized)[0].to(next(student.parameters()).device)
 
-    if readout not in READOUTS:
-        raise ValueError(f"student read-out {readout!r}: use one of {', '.join(READOUTS)}")
+    if readout not in STUDENT_READOUTS:
+        raise ValueError(f"student read-out {readout!r}: use one of {', '.join(STUDENT_READOUTS)}")
 
     def window_scores(crop: torch.Tensor) -> torch.Tensor:
         if readout == "segments":
@@ -147,7 +144,7 @@ def method_cosines(
 ) -> torch.Tensor | None:
     """``(1 + C, H, W)`` cosines of one method; None for ``all_background``. ``size`` is the
     student's short side (and the grid-crop's square input); ``window`` / ``stride`` its sliding
-    window; ``readout`` the student's (:data:`READOUTS`)."""
+    window; ``readout`` the student's (:data:`STUDENT_READOUTS`)."""
     if method == "student":
         return student_cosines(student, image, text, size, window, stride, readout)
     if method == "grid_crop":
