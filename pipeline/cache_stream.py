@@ -152,10 +152,10 @@ class MemorySource:
         self.pixels, self.embeddings = reader.read_rows(self.rows)
         self.wait_s = 0.0
 
-    def run(
-        self, start_step: int, total_steps: int
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
-        """``(epoch, pixels, embeddings)`` for steps ``start_step .. total_steps - 1``."""
+    def run(self, start_step: int, total_steps: int, with_rows: bool = False) -> Iterator[tuple]:
+        """``(epoch, pixels, embeddings)`` for steps ``start_step .. total_steps - 1``; with
+        ``with_rows`` also the batch's positions in ``self.pixels`` (for per-row data the
+        trainer computed once, such as frozen stem features)."""
         step = start_step
         while step < total_steps:
             epoch, first = divmod(step, self.steps_per_epoch)
@@ -165,7 +165,10 @@ class MemorySource:
                 if step >= total_steps:
                     return
                 idx = mine[b * self.batch : (b + 1) * self.batch]
-                yield epoch, self.pixels[idx], self.embeddings[idx]
+                if with_rows:
+                    yield epoch, self.pixels[idx], self.embeddings[idx], idx
+                else:
+                    yield epoch, self.pixels[idx], self.embeddings[idx]
                 step += 1
 
     def close(self) -> None:

@@ -213,6 +213,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
             summed = _all_reduce_sum(torch.from_numpy(np.append(total, count)), device)
             center = (summed[:-1] / summed[-1]).float()
     center_dev = center.to(device) if center is not None else None
+    raw_model = model.module if hasattr(model, "module") else model
+    stem_bank = stem_feature_bank(raw_model, source, device, log=print if rank == 0 else None)
     gen = torch.Generator().manual_seed(tc["seed"] * 1000 + rank)
     autocast = loop["use_gpu"] and tc["precision"] == "bf16"
     metrics_log = MetricsLog(loop["run_uri"], enabled=rank == 0)
@@ -238,10 +240,12 @@ def _train_loop(loop: dict[str, Any]) -> None:
     wait = compute = 0.0
     t_window = time.perf_counter()
     samples_window = 0
-    batches = source.run(step, total_steps)
+    batches = source.run(step, total_steps, with_rows=True) if stem_bank is not None else None
+    batches = batches or source.run(step, total_steps)
     while step < total_steps:
         t0 = time.perf_counter()
-        epoch, px, emb = next(batches)
+        epoch, px, emb, *rows = next(batches)
+        stem = stem_bank[rows[0]].to(device, non_blocking=True) if rows else None
         x = torch.from_numpy(px).permute(0, 3, 1, 2).float().div_(255.0)
         views = torch.from_numpy(emb if view_idx is None else emb[:, view_idx]).float()
         x = x.to(device, non_blocking=True)
@@ -250,7 +254,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
         for g in opt.param_groups:
             g["lr"] = lr_at(step, total_steps, warmup, base_lr)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x, mask_ratio=tc["mask_ratio"], generator=gen)
+            out = model(x, mask_ratio=tc["mask_ratio"], generator=gen, stem_features=stem)
             total, terms = distill_loss(
                 out,
                 views,
@@ -308,6 +312,43 @@ def _train_loop(loop: dict[str, Any]) -> None:
     save(final=True)
     if rank == 0:
         metrics_log.close(history)
+
+
+STEM_BANK_MAX_BYTES = 4 << 30
+
+
+def stem_feature_bank(model, source, device, log=None, max_bytes: int = STEM_BANK_MAX_BYTES):
+    """The frozen teacher stem's features of every row a memory source holds, on the host.
+
+    The stem is the teacher's tower, frozen and run without augmentation, so its output per
+    image never changes: computing it once instead of every epoch takes the tower (about half
+    of a CPU step) out of training. None when the student has no teacher stem, the rows are
+    streamed, or the features would pass ``max_bytes``; training then runs the tower per batch.
+    """
+    import torch
+
+    if model.cfg.stem != "teacher" or source.kind != "memory":
+        return None
+    n, h, w = source.pixels.shape[:3]
+    ps = model.cfg.patch_size
+    nbytes = n * (h // ps) * (w // ps) * model.patch_embed.proj.in_features * 4
+    if nbytes > max_bytes:
+        if log:
+            log(f"[train] teacher stem: {nbytes / 2**20:.0f} MB of features, run per batch")
+        return None
+    t0 = time.perf_counter()
+    chunks = []
+    for i in range(0, n, 128):
+        px = torch.from_numpy(source.pixels[i : i + 128]).to(device)
+        chunks.append(model.stem_features(px.permute(0, 3, 1, 2).float().div_(255.0)).cpu())
+    bank = torch.cat(chunks)
+    if log:
+        log(
+            f"[train] teacher stem: features of {n} images computed once "
+            f"({time.perf_counter() - t0:.0f} s, {bank.numel() * 4 / 2**20:.0f} MB), "
+            "reused every epoch"
+        )
+    return bank
 
 
 def progress_line(row: dict[str, Any], total_steps: int, eta: float) -> str:
@@ -502,6 +543,8 @@ def export_final(
             "cache": manifest["fingerprint"],
             "train": config_to_dict(cfg)["train"],
             "steps": int(state["step"]),
+            # the centre the per-patch terms were trained on; the read-out needs it (decenter)
+            "target_center": state["center"].tolist() if state.get("center") is not None else None,
             "train_seconds": round(seconds, 2),
             "code": code_version(),
             "created_at": now(),
@@ -551,6 +594,7 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
 
 def load_student(final_uri: str):
     """(student model in eval mode, its config dict) from a ``final/`` folder or its weights."""
+    import torch
     from safetensors.torch import load as st_load
 
     from zeroseg.models import build_student
@@ -560,5 +604,7 @@ def load_student(final_uri: str):
     cfg = storage.read_json(storage.join(final_uri, "config.json"))
     model = build_student(cfg["student"], embed_dim=cfg["embed_dim"])
     model.load_state_dict(st_load(storage.read_bytes(storage.join(final_uri, WEIGHTS))))
+    if cfg.get("target_center") is not None:
+        model.set_target_center(torch.tensor(cfg["target_center"]))
     model.eval()
     return model, cfg

@@ -14,8 +14,9 @@ import time
 
 import pytest
 import s3fs
+import torch
 
-from pipeline.train import run_train
+from pipeline.train import load_student, run_train
 from tests.processes import pid_alive
 from tests.synthetic_cache import write_cache
 from zeroseg.config import load_config
@@ -78,6 +79,10 @@ def test_two_identical_runs_give_identical_weights(ray_local, cache, tmp_path):
         finals.append(run_train(cfg, cache, log=lambda *_: None))
     a, b = (open(os.path.join(f, "model.safetensors"), "rb").read() for f in finals)
     assert a == b
+    # the centre goes with the weights, and the loaded student reads its patches out through it
+    student, saved = load_student(finals[0])
+    assert len(saved["target_center"]) == saved["embed_dim"]
+    assert torch.allclose(student.target_center, torch.tensor(saved["target_center"]))
     rows = _history(finals[0])
     assert rows[-1]["step"] == 8
     for key in ("loss", "loss_multiscale", "loss_matching", "loss_recon", "lr"):

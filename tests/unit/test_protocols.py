@@ -108,6 +108,31 @@ def test_segments_plus_patches_readout_averages_group_and_patch_cosines():
         student_cosines(student, image, text, 64, readout="patches")
 
 
+def test_patches_trained_on_centred_targets_are_read_out_in_the_teachers_space():
+    from zeroseg.models.student import decenter
+
+    torch.manual_seed(0)
+    center = 0.5 * torch.nn.functional.normalize(torch.randn(16), dim=0)
+    x = 40.0 * torch.randn(5, 16)  # a centred loss leaves the length of x - center free
+    out = decenter(x, center)
+    radius = (1 - center.pow(2).sum()).sqrt()
+    assert torch.allclose((out - center).norm(dim=-1), radius.expand(5), atol=1e-5)
+    cos = torch.nn.functional.cosine_similarity(out - center, x - center, dim=-1)
+    assert torch.allclose(cos, torch.ones(5), atol=1e-5)
+    # unit-norm targets at their mean's RMS distance: the shared part keeps its weight
+    assert 0.8 < out.norm(dim=-1).mean() < 1.2
+
+    student = build_student("student-tiny-dense", 16).eval()
+    image = torch.rand(1, 3, 64, 64)
+    _, _, raw = student.segment_with_patches(image)
+    student.set_target_center(center)
+    _, _, mapped = student.segment_with_patches(image)
+    assert torch.allclose(mapped, decenter(raw, center), atol=1e-5)
+    assert "target_center" not in student.state_dict()  # the final config carries it
+    student.set_target_center(None)
+    assert torch.equal(student.segment_with_patches(image)[2], raw)
+
+
 def test_student_readout_is_checked_when_the_config_loads():
     with pytest.raises(ConfigError, match="eval.student_readout"):
         load_config("jobs/demo.yaml", ["eval.student_readout=patches"])

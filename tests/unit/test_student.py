@@ -287,7 +287,7 @@ def test_teacher_stem_with_pixels_adds_a_linear_pixel_embedding():
     )
     stem = model.patch_embed
     x = torch.randn(2, 3, 64, 64)
-    tower_only = stem.proj(stem._features(x).flatten(1, 2))
+    tower_only = stem.proj(stem.features(x).flatten(1, 2))
     pixels = stem.pixels.proj(x).flatten(2).transpose(1, 2)  # one linear map per 8x8 patch
     assert torch.allclose(stem(x), tower_only + pixels, atol=1e-5)
     changed = x.clone()
@@ -298,3 +298,29 @@ def test_teacher_stem_with_pixels_adds_a_linear_pixel_embedding():
     assert stem.pixels.proj.weight.grad is not None
     with pytest.raises(ValueError, match="stem_pixels"):
         build_student("student-tiny-dense", 128, stem_pixels=True)
+
+
+def test_precomputed_teacher_stem_features_give_the_same_forward():
+    """Training computes the frozen tower's features once per image and passes them back in;
+    the outputs, and the gradients of the learning parts, are those of the full forward."""
+    torch.manual_seed(3)
+    model = build_student(
+        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip"
+    ).train()
+    x = torch.rand(2, 3, 64, 64)
+    feats = model.stem_features(x)
+    assert feats.shape == (2, 8, 8, model.patch_embed.proj.in_features)
+    assert not feats.requires_grad
+    outs, grads = [], []
+    for given in (None, feats):
+        model.zero_grad()
+        out = model(
+            x, mask_ratio=0.0, generator=torch.Generator().manual_seed(0), stem_features=given
+        )
+        out["patch_embeds"].sum().backward()
+        outs.append(out["patch_embeds"].detach())
+        grads.append(model.patch_embed.proj.weight.grad.clone())
+    assert torch.allclose(outs[0], outs[1], atol=1e-5)
+    assert torch.allclose(grads[0], grads[1], atol=1e-4)
+    with pytest.raises(ValueError, match="teacher"):
+        build_student("student-tiny-dense", 128).stem_features(x)

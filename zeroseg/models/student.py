@@ -155,7 +155,7 @@ class TeacherStem(nn.Module):
         self.register_buffer("teacher_mean", teacher._mean.clone(), False)
         self.register_buffer("teacher_std", teacher._std.clone(), False)
         grid = cfg.image_size // cfg.patch_size
-        probe = self._features(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
+        probe = self.features(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
         if tuple(probe.shape[1:3]) != (grid, grid):
             raise ValueError(
                 f"teacher stem: {cfg.teacher_model} at {cfg.teacher_scale}x the input gives a "
@@ -180,7 +180,9 @@ class TeacherStem(nn.Module):
         model, _ = load_teacher_model(model_name, pretrained)
         self.visual.load_state_dict(model.visual.state_dict())
 
-    def _features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, gh, gw, C) unit-norm tower features of student-normalised images. Frozen and
+        deterministic, so training may compute them once per image and pass them back in."""
         from zeroseg.teacher import dense_tower_features
 
         pixels = (x * self.student_std + self.student_mean).clamp(0.0, 1.0)
@@ -191,8 +193,11 @@ class TeacherStem(nn.Module):
             feats = dense_tower_features(self.visual, (big - self.teacher_mean) / self.teacher_std)
         return F.normalize(feats.float(), dim=-1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.proj(self._features(x).flatten(1, 2))
+    def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens of ``x``; ``features``, when given, are ``self.features(x)`` computed earlier."""
+        if features is None:
+            features = self.features(x)
+        tokens = self.proj(features.flatten(1, 2).to(self.proj.weight.dtype))
         return tokens if self.pixels is None else tokens + self.pixels(x)
 
 
@@ -283,6 +288,9 @@ class Student(nn.Module):
         c = cfg.width
         self.register_buffer("pixel_mean", torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(cfg.pixel_std).view(1, 3, 1, 1), False)
+        # The training targets' mean, when the per-patch terms were trained centred (not saved
+        # with the weights: the final config carries it; see ``set_target_center``).
+        self.register_buffer("target_center", torch.zeros(0), False)
 
         # MAE encoder
         if cfg.stem == "conv":
@@ -417,9 +425,16 @@ class Student(nn.Module):
         x: torch.Tensor,
         mask_ratio: float,
         generator: torch.Generator | None = None,
+        stem_features: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, tuple[int, int]]:
-        """Normalised images -> (visible tokens, keep_idx, ids_restore, grid); masks if ratio>0."""
-        tokens = self.patch_embed(x)
+        """Normalised images -> (visible tokens, keep_idx, ids_restore, grid); masks if ratio>0.
+        ``stem_features``: the teacher stem's precomputed ``features(x)`` (teacher stem only)."""
+        if stem_features is not None:
+            if self.cfg.stem != "teacher":
+                raise ValueError("stem_features are for a student with stem='teacher'")
+            tokens = self.patch_embed(x, stem_features)
+        else:
+            tokens = self.patch_embed(x)
         gh, gw = x.shape[-2] // self.cfg.patch_size, x.shape[-1] // self.cfg.patch_size
         tokens = tokens + self._pos(gh, gw, self.cfg.width, tokens)
         keep = restore = None
@@ -495,16 +510,26 @@ class Student(nn.Module):
         return self.global_mlp(self.global_norm(y).mean(dim=1))
 
     # ------------------------------------------------------------------ public API
+    @torch.no_grad()
+    def stem_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The frozen teacher stem's features of images (B, 3, H, W) in [0, 1], to pass back as
+        ``forward(..., stem_features=)``: training computes them once per image, not per epoch."""
+        if self.cfg.stem != "teacher":
+            raise ValueError("only a student with stem='teacher' has frozen stem features")
+        return self.patch_embed.features(self.normalize(x))
+
     def forward(
         self,
         x: torch.Tensor,
         mask_ratio: float | None = None,
         generator: torch.Generator | None = None,
+        stem_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Images (B, 3, H, W) in [0, 1] -> outputs and training diagnostics.
 
         ``mask_ratio`` defaults to the config's ratio in training mode and 0 in eval mode. The
-        generator seeds the masking and the Gumbel noise.
+        generator seeds the masking and the Gumbel noise. ``stem_features`` (teacher stem only)
+        are the frozen tower's ``patch_embed.features`` of these images, computed earlier.
 
         Keys: ``z`` (B, D), ``segments`` (B, G, D), ``recon_loss`` (scalar; 0 when nothing is
         masked); for dense losses ``patch_groups`` (B, N', G) the composed soft assignment of
@@ -516,7 +541,7 @@ class Student(nn.Module):
         if mask_ratio is None:
             mask_ratio = self.cfg.mask_ratio if self.training else 0.0
         img = self.normalize(x)
-        tokens, keep, restore, grid = self.encode(img, mask_ratio, generator)
+        tokens, keep, restore, grid = self.encode(img, mask_ratio, generator, stem_features)
         if restore is not None:
             recon = self.reconstruction_loss(tokens, restore, img, grid)
         else:
@@ -561,6 +586,18 @@ class Student(nn.Module):
         segments, pixel_groups, patches = self._segment(x, patches=True)
         return segments, pixel_groups, patches
 
+    def set_target_center(self, center: torch.Tensor | None) -> None:
+        """Record the mean teacher embedding the per-patch terms were centred on (or clear it).
+
+        With it, the per-patch projections are read out through :func:`decenter`.
+        """
+        ref = self.pixel_mean
+        self.target_center = (
+            torch.zeros(0, device=ref.device)
+            if center is None
+            else torch.as_tensor(center, dtype=torch.float32, device=ref.device).reshape(-1)
+        )
+
     def _segment(
         self, x: torch.Tensor, patches: bool
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -573,7 +610,12 @@ class Student(nn.Module):
         pixel_groups = F.interpolate(
             grid_maps, size=x.shape[-2:], mode="bilinear", align_corners=False
         )
-        per_patch = self.patch_proj(tokens).reshape(b, gh, gw, -1) if patches else None
+        per_patch = None
+        if patches:
+            per_patch = self.patch_proj(tokens)
+            if self.target_center.numel():
+                per_patch = decenter(per_patch, self.target_center)
+            per_patch = per_patch.reshape(b, gh, gw, -1)
         return self.segment_proj(seg), pixel_groups, per_patch
 
     def _diagnostics(self, assignments: list[Assignment]) -> dict[str, torch.Tensor]:
@@ -587,6 +629,20 @@ class Student(nn.Module):
         out["assign_logit_std"] = torch.stack(stds).mean()
         out["groups_used"] = _composite_groups_used(assignments)
         return out
+
+
+def decenter(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """Map outputs trained against *centred* targets back into the teacher's embedding space.
+
+    A centred cosine loss fixes only the direction of ``x - center``; its length drifts freely
+    (tens of units after training, against under one for the targets), which would leave the
+    component every teacher embedding shares (``center``) out of the cosines with the text.
+    Returns ``center + r * unit(x - center)``, ``r = sqrt(1 - |center|^2)``: the RMS distance of
+    unit-norm targets from their mean, so the shared part weighs as in the teacher's own
+    embeddings.
+    """
+    radius = (1.0 - center.float().pow(2).sum()).clamp_min(0.0).sqrt()
+    return center + radius * F.normalize(x - center, dim=-1)
 
 
 def composed_assignment(assignments: list[Assignment]) -> torch.Tensor:
