@@ -11,6 +11,10 @@
 - ``data_wait_fraction_s3``: share of step time the student step waits for the next batch when
   the streaming reader reads the cache through the S3 protocol (a moto server on 127.0.0.1).
   Goal <= 0.05.
+- ``teacher_stem_features_once_vs_per_batch``: samples/s of the demo's own student step (its
+  patches embedded by a frozen copy of the teacher's tower) when the tower's features are
+  computed once per image before training, as the train stage does, over running the tower in
+  every step. Also reports the one-off cost per image.
 - ``workers_2_vs_1``: samples/s of the real train stage (Ray Train, DDP) with 2 workers of 1 CPU
   over 1 worker of 1 CPU, the same global batch.
 
@@ -186,6 +190,75 @@ def main() -> None:
                 teacher=f"{name} (random weights)",
                 student=cfg.student.preset,
             )
+
+        # The demo's own student embeds patches with a frozen copy of the teacher's tower; the
+        # train stage computes those features once per image instead of every step.
+        demo = load_config("jobs/demo.yaml")
+        demo_weights = loss_weights(demo)
+        emb_all = torch.from_numpy(reader.load_all()[1]).float()
+
+        def run_stem(precomputed: bool) -> tuple[float, float]:
+            torch.manual_seed(0)
+            model = build_student(student_config(demo), embed_dim=teacher.embed_dim).train()
+            opt = torch.optim.AdamW(model.param_groups(demo.train.weight_decay), lr=1e-3)
+            gen = torch.Generator().manual_seed(0)
+            center = torch.nn.functional.normalize(torch.ones(teacher.embed_dim), dim=0) * 0.5
+            x_all = to_x(px_all)
+            t0 = time.perf_counter()
+            chunks = range(0, len(x_all), 128) if precomputed else []
+            bank = (
+                torch.cat([model.stem_features(x_all[i : i + 128]) for i in chunks])
+                if precomputed
+                else None
+            )
+            bank_s = time.perf_counter() - t0
+            n = len(px_all) // args.batch
+
+            def step(k: int) -> None:
+                sl = slice((k % n) * args.batch, (k % n + 1) * args.batch)
+                x, views = x_all[sl], emb_all[sl]
+                out = model(
+                    x,
+                    mask_ratio=0.0,
+                    generator=gen,
+                    stem_features=None if bank is None else bank[sl],
+                )
+                total, _ = distill_loss(
+                    out,
+                    views,
+                    demo_weights,
+                    levels=LEVELS,
+                    dense_levels=(4,),
+                    target_center=center,
+                    images=x,
+                )
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+
+            for k in range(2):
+                step(k)
+            t0 = time.perf_counter()
+            for k in range(args.steps):
+                step(k)
+            return args.steps * args.batch / (time.perf_counter() - t0), bank_s / len(px_all)
+
+        per_batch_a, _ = run_stem(False)
+        once, bank_s_per_image = run_stem(True)
+        per_batch_b, _ = run_stem(False)
+        per_batch = (per_batch_a + per_batch_b) / 2
+        emit(
+            "teacher_stem_features_once_vs_per_batch",
+            once / per_batch,
+            None,
+            "ratio",
+            machine=machine,
+            once_samples_per_s=round(once, 1),
+            per_batch_samples_per_s=round(per_batch, 1),
+            features_once_ms_per_image=round(1000 * bank_s_per_image, 2),
+            batch=args.batch,
+            student=f"{demo.student.preset}, stem=teacher ({MODEL_NAME}, random weights)",
+        )
 
         # The same cached loop reading through the S3 protocol.
         import logging
