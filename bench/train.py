@@ -205,12 +205,10 @@ def main() -> None:
             center = torch.nn.functional.normalize(torch.ones(teacher.embed_dim), dim=0) * 0.5
             x_all = to_x(px_all)
             t0 = time.perf_counter()
-            chunks = range(0, len(x_all), 128) if precomputed else []
-            bank = (
-                torch.cat([model.stem_features(x_all[i : i + 128]) for i in chunks])
-                if precomputed
-                else None
-            )
+            bank = None
+            if precomputed:
+                chunks = range(0, len(x_all), 128)
+                bank = torch.cat([model.stem_features(x_all[i : i + 128]) for i in chunks])
             bank_s = time.perf_counter() - t0
             n = len(px_all) // args.batch
 

@@ -240,8 +240,10 @@ def _train_loop(loop: dict[str, Any]) -> None:
     wait = compute = 0.0
     t_window = time.perf_counter()
     samples_window = 0
-    batches = source.run(step, total_steps, with_rows=True) if stem_bank is not None else None
-    batches = batches or source.run(step, total_steps)
+    if stem_bank is None:
+        batches = source.run(step, total_steps)
+    else:  # the batch's row positions pick its precomputed stem features
+        batches = source.run(step, total_steps, with_rows=True)
     while step < total_steps:
         t0 = time.perf_counter()
         epoch, px, emb, *rows = next(batches)

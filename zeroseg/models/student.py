@@ -197,7 +197,7 @@ class TeacherStem(nn.Module):
         """Tokens of ``x``; ``features``, when given, are ``self.features(x)`` computed earlier."""
         if features is None:
             features = self.features(x)
-        tokens = self.proj(features.flatten(1, 2).to(self.proj.weight.dtype))
+        tokens = self.proj(features.flatten(1, 2))
         return tokens if self.pixels is None else tokens + self.pixels(x)
 
 
