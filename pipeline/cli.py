@@ -32,7 +32,8 @@ DESCRIPTIONS = {
     "run": (
         "Writes the shapes-world splits when world.generate is on and they are missing, trains "
         "(or reuses) the toy teacher when no checkpoint is named, then runs extract, train and "
-        "eval. Finished stages are found by fingerprint and skipped; the table and "
+        "eval. Finished stages are found by fingerprint and skipped; the table (with the "
+        "recorded reference run's mIoU of the same job in its ref column) and "
         "<storage.root>/summary.json come last."
     ),
     "extract": (
@@ -47,9 +48,10 @@ DESCRIPTIONS = {
         "resumes from the newest checkpoint; final weights go to <run>/final/."
     ),
     "eval": (
-        "Parallel Ray tasks score the student and the grid_crop, maskclip_dense and "
-        "all_background baselines on each benchmark of eval.benchmarks (or eval.benchmark): "
-        "shapes reads data.bench and picks each method's background rule on data.val; voc, "
+        "Parallel Ray tasks score the student and the grid_crop, maskclip_dense, dense_raw "
+        "and all_background baselines on each benchmark of eval.benchmarks (or "
+        "eval.benchmark): shapes reads data.bench and picks each method's background rule on "
+        "data.val (and scores data.generalisation, when it exists, with those rules); voc, "
         "context and coco_object read their public layouts below eval.data_root with the "
         "paper's pinned protocols. Writes metrics.json, report.md (mIoU table, per-class IoU, "
         "confusion plot) and overlays of the best and worst images per benchmark. "
@@ -212,9 +214,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", nargs="?", help="a submission id (show, stop, logs)")
     _cluster_args(p)
 
-    p = sub.add_parser("teacher-pretrain", help="train (once) and cache the toy CLIP teacher")
+    p = sub.add_parser(
+        "teacher-pretrain",
+        help="train the toy CLIP teacher of a recipe (reproduces the shipped one by default)",
+        description=(
+            "Train the toy CLIP teacher of the config's recipe (teacher.pretrain_steps, "
+            "teacher.pretrain_seed, teacher.pretrain_overrides) and compare it with the teacher "
+            "the package ships. The default recipe is the shipped one, so a run only reproduces "
+            "it; another recipe is cached in teacher.cache_dir and used by every stage."
+        ),
+        epilog=(
+            "examples:\n"
+            "  zeroseg teacher-pretrain --out runs/teacher      # reproduce the shipped teacher\n"
+            "  zeroseg teacher-pretrain --out runs/t --stop-at 250   # its first 250 steps\n"
+            "  zeroseg teacher-pretrain teacher.pretrain_seed=1  # another recipe, cached"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _config_args(p)
     p.add_argument("--force", action="store_true", help="retrain even when cached")
+    p.add_argument("--out", help="write model.safetensors and teacher.json here (any fsspec URL)")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        metavar="K",
+        help="stop after K steps of the same schedule (compared with the shipped curve at K)",
+    )
 
     p = sub.add_parser(
         "status", help="done / pending / failed shards, images/s, ETA and skip reasons"
@@ -375,7 +400,11 @@ def _dispatch(args, parser) -> int:
     if cmd == "teacher-pretrain":
         from .teachers import pretrain_toy_teacher
 
-        pretrain_toy_teacher(cfg, force=args.force)
+        if args.stop_at is not None and not 1 <= args.stop_at <= cfg.teacher.pretrain_steps:
+            raise SystemExit(
+                f"--stop-at must lie in [1, teacher.pretrain_steps={cfg.teacher.pretrain_steps}]"
+            )
+        pretrain_toy_teacher(cfg, force=args.force, out_dir=args.out, stop_at=args.stop_at)
         return 0
 
     if cmd == "train" and args.dry_run:

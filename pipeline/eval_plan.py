@@ -28,8 +28,8 @@ def plan_benchmark(cfg: Config, benchmark: str) -> dict[str, Any]:
         images = {"bench": cfg.world.n_bench}
         if proto.tuned_on_val and cfg.eval.tune_on_val:
             images["val"] = cfg.world.n_val
-        if cfg.world.n_shifted:
-            images["shifted"] = cfg.world.n_shifted
+        if cfg.world.n_generalisation:
+            images["generalisation"] = cfg.world.n_generalisation
     else:
         classes = len(reader.class_names())
         images = {"bench": reader.expected_images}

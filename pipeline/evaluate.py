@@ -24,9 +24,11 @@ from zeroseg.config import Config, ConfigError, config_to_dict, eval_benchmarks
 from . import storage
 from .runner import StageDir, code_version, fingerprint, now, write_run_info
 
-PROTOCOL_VERSION = 2
+# 3: the dense_raw baseline and the generalisation split (parts of version 2 lack them)
+PROTOCOL_VERSION = 3
 PER_IMAGE_KEY = "_student_miou"  # (images, rules): the student's mIoU per image and rule
 IDS_KEY = "_ids"
+GENERALISATION = "generalisation"  # the optional held-out split's name (shapes)
 
 
 def protocol_name(cfg: Config, benchmark: str | None = None) -> str:
@@ -90,12 +92,12 @@ def benchmark_root(cfg: Config, benchmark: str) -> str:
     return storage.join(cfg.eval.data_root, sub) if sub else cfg.eval.data_root
 
 
-def has_shifted_split(cfg: Config, benchmark: str = "shapes") -> bool:
+def has_generalisation_split(cfg: Config, benchmark: str = "shapes") -> bool:
     """The optional generalisation split (shapes only) is scored whenever it exists."""
     return (
         benchmark == "shapes"
-        and bool(cfg.data.shifted)
-        and storage.exists(storage.join(cfg.data.shifted, "classes.json"))
+        and bool(cfg.data.generalisation)
+        and storage.exists(storage.join(cfg.data.generalisation, "classes.json"))
     )
 
 
@@ -217,13 +219,13 @@ def eval_fingerprint(
 
 
 def plan_splits(cfg: Config, benchmark: str, tune: bool) -> dict[str, str]:
-    """split name -> data root: the benchmark split, plus val / shifted for shapes."""
+    """split name -> data root: the benchmark split, plus val / generalisation for shapes."""
     splits = {"bench": benchmark_root(cfg, benchmark)}
     if benchmark == "shapes":
         if tune:
             splits["val"] = cfg.data.val
-        if has_shifted_split(cfg, benchmark):
-            splits["shifted"] = cfg.data.shifted
+        if has_generalisation_split(cfg, benchmark):
+            splits[GENERALISATION] = cfg.data.generalisation
     return splits
 
 
@@ -357,7 +359,8 @@ def finalize_eval(
     rules = proto["background_rules"]
     bench, bench_ids, bench_per_image = _sum_parts(stage, units, per, "bench")
     val = _sum_parts(stage, units, per, "val")[0] if proto["tune_on_val"] else None
-    shifted = _sum_parts(stage, units, per, "shifted")[0]
+    # scored, never tuned on: each method keeps the rule it got on val (or the pinned one)
+    generalisation = _sum_parts(stage, units, per, GENERALISATION)[0]
 
     def miou_by_rule(conf: np.ndarray) -> list[float]:
         return [scores_from_confusion(conf[i], class_names)["miou"] for i in range(len(rules))]
@@ -374,8 +377,8 @@ def finalize_eval(
             "val_miou_by_rule": dict(zip(rules, val_miou)) if val_miou else None,
             "bench_miou_by_rule": dict(zip(rules, miou_by_rule(bench[m]))),
         }
-        if shifted:
-            results[m]["shifted"] = scores_from_confusion(shifted[m][best], class_names)
+        if generalisation:
+            results[m][GENERALISATION] = scores_from_confusion(generalisation[m][best], class_names)
     metrics = {
         "benchmark": benchmark,
         "protocol_name": proto["name"],
@@ -384,7 +387,7 @@ def finalize_eval(
         "checkpoint": final_uri,
         "data": roots["bench"],
         "num_images": len(bench_ids),
-        "num_shifted_images": sum(len(u[2]) for u in units if u[0] == "shifted"),
+        "num_generalisation_images": sum(len(u[2]) for u in units if u[0] == GENERALISATION),
         "student": results["student"],
         "baselines": {m: results[m] for m in METHODS if m != "student"},
         "seconds": round(seconds, 2),

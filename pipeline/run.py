@@ -14,24 +14,29 @@ from .runner import SUCCESS, code_version, write_run_info
 
 def ensure_world(cfg: Config, log=print) -> None:
     """Generate the shapes-world splits the config points at, unless they already exist."""
-    from zeroseg.data.shapes import WorldSettings, write_split
+    from zeroseg.data.shapes import WorldSettings, generalisation_world, write_split
 
     if not cfg.world.generate:
         return
     w = cfg.world
     settings = WorldSettings(image_size=w.image_size)
-    shifted = WorldSettings(
-        image_size=w.shifted_image_size,
-        backgrounds=tuple(w.shifted_backgrounds),
-        size_range=tuple(w.shifted_size_range),
-    )
     splits = [
         ("train", cfg.data.train, w.n_train, w.seed, False, settings),
         ("val", cfg.data.val, w.n_val, w.seed + 1, True, settings),
         ("bench", cfg.data.bench, w.n_bench, w.seed + 2, True, settings),
     ]
-    if w.n_shifted > 0:
-        splits.append(("shifted", cfg.data.shifted, w.n_shifted, w.seed + 3, True, shifted))
+    if w.n_generalisation > 0:
+        held_out = generalisation_world(w.generalisation_image_size)
+        splits.append(
+            (
+                "generalisation",
+                cfg.data.generalisation,
+                w.n_generalisation,
+                w.seed + 3,
+                True,
+                held_out,
+            )
+        )
     for name, uri, n, seed, labeled, world in splits:
         if storage.exists(storage.join(uri, SUCCESS)):
             _check_existing_split(name, uri, n, seed, world)
@@ -41,17 +46,18 @@ def ensure_world(cfg: Config, log=print) -> None:
         storage.write_text(storage.join(uri, SUCCESS), f"{n}\n")
 
 
-def shifted_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
-    """mIoU on the shifted split and how much of the benchmark mIoU the student keeps there."""
+def generalisation_summary(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """mIoU of every method on the generalisation split (each with the rule it got on val) and
+    how much of the benchmark mIoU the student keeps there."""
     student = metrics["student"]
-    if "shifted" not in student:
+    if "generalisation" not in student:
         return None
     return {
-        "num_images": metrics.get("num_shifted_images"),
-        "student_miou": student["shifted"]["miou"],
-        "student_per_class": student["shifted"]["per_class"],
-        "baselines_miou": {n: b["shifted"]["miou"] for n, b in metrics["baselines"].items()},
-        "student_retention": student["shifted"]["miou"] / max(student["miou"], 1e-9),
+        "num_images": metrics.get("num_generalisation_images"),
+        "student_miou": student["generalisation"]["miou"],
+        "student_per_class": student["generalisation"]["per_class"],
+        "baselines_miou": {n: b["generalisation"]["miou"] for n, b in metrics["baselines"].items()},
+        "student_retention": student["generalisation"]["miou"] / max(student["miou"], 1e-9),
     }
 
 
@@ -73,9 +79,14 @@ def _check_existing_split(name: str, uri: str, n: int, seed: int, settings) -> N
 
 
 def summarize(
-    metrics: dict[str, Any], teacher: dict[str, Any], final_uri: str, timings: dict[str, float]
+    metrics: dict[str, Any],
+    teacher: dict[str, Any],
+    final_uri: str,
+    timings: dict[str, float],
+    job: str | None = None,
 ) -> dict[str, Any]:
     out = {
+        "job": job,
         "student": {
             "miou": metrics["student"]["miou"],
             "per_class": metrics["student"]["per_class"],
@@ -95,30 +106,51 @@ def summarize(
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "code": code_version(),
     }
-    shifted = shifted_summary(metrics)
-    if shifted:
-        out["shifted"] = shifted
+    generalisation = generalisation_summary(metrics)
+    if generalisation:
+        out["generalisation"] = generalisation
     return out
 
 
-def format_table(summary: dict[str, Any]) -> str:
+def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
+    """The results table ``zeroseg run`` prints. ``ref``: the recorded run of the same job
+    (``zeroseg/assets/reference_results.json``, looked up by ``summary["job"]`` unless
+    ``reference`` is given), ``-`` where it has no number."""
+    from zeroseg.reference import format_reference, reference_for, reference_results
+
+    job = summary.get("job")
+    if reference is None:
+        reference = reference_for(job) or {}
+    ref = reference.get("miou_pct") or {}
     rows = [("student", summary["student"]["miou"], summary["student"]["rule"])]
     rows += [(n, b["miou"], b["rule"]) for n, b in summary["baselines"].items()]
-    lines = [f"{'method':<16} {'mIoU':>7}  background rule (chosen on val)", "-" * 52]
-    lines += [f"{n:<16} {m * 100:6.1f}%  {r}" for n, m, r in rows]
+    lines = [f"{'method':<16} {'mIoU':>7} {'ref':>7}  background rule (chosen on val)", "-" * 60]
+    lines += [f"{n:<16} {m * 100:6.1f}% {format_reference(ref.get(n)):>7}  {r}" for n, m, r in rows]
+    if any(v is not None for v in ref.values()):
+        machine = reference_results()["source"].get("machine") or "machine not recorded"
+        lines.append(f"ref: the recorded fresh-clone run of job {job!r} ({machine})")
+    else:
+        lines.append(f"ref: no recorded numbers for job {job!r} yet")
     per = summary["student"]["per_class"]
     lines.append(
         "student per-class IoU: "
         + ", ".join(f"{k} {'-' if v is None else f'{v * 100:.0f}%'}" for k, v in per.items())
     )
-    sh = summary.get("shifted")
-    if sh:
-        base = ", ".join(f"{n} {m * 100:.1f}%" for n, m in sh["baselines_miou"].items())
-        lines.append(
-            f"shifted split ({sh['num_images']} scenes, unseen backgrounds / sizes / resolution): "
-            f"student {sh['student_miou'] * 100:.1f}% "
-            f"({sh['student_retention']:.0%} of its benchmark mIoU); {base}"
-        )
+    gen = summary.get("generalisation")
+    if gen:
+        gref = reference.get("generalisation_miou_pct") or {}
+        lines += [
+            "",
+            f"generalisation split ({gen['num_images']} scenes: held-out colours, backgrounds "
+            "and object sizes, another resolution; rules chosen on val)",
+            f"{'method':<16} {'mIoU':>7} {'ref':>7}",
+        ]
+        gen_rows = {"student": gen["student_miou"], **gen["baselines_miou"]}
+        lines += [
+            f"{n:<16} {m * 100:6.1f}% {format_reference(gref.get(n)):>7}"
+            for n, m in gen_rows.items()
+        ]
+        lines.append(f"the student keeps {gen['student_retention']:.0%} of its benchmark mIoU")
     acc = summary.get("teacher_accuracy") or {}
     if acc:
         lines.append(
@@ -154,7 +186,7 @@ def run_all(cfg: Config, log=print) -> dict[str, Any]:
     final = timed("train", run_train, cfg, cache, log)
     metrics = timed("eval", run_eval, cfg, final, log)
     timings["total"] = time.perf_counter() - t_all
-    summary = summarize(metrics, teacher, final, timings)
+    summary = summarize(metrics, teacher, final, timings, job=cfg.train.name)
     storage.write_json(storage.join(cfg.storage.root, "summary.json"), summary)
     log("\n" + format_table(summary))
     log(f"\nsummary: {storage.join(cfg.storage.root, 'summary.json')}")

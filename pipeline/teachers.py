@@ -1,86 +1,179 @@
-"""Which teacher checkpoint a run uses, and the once-only toy-teacher pretraining.
+"""Which teacher checkpoint a run uses: a user's CLIP, the toy teacher the package ships, or a
+toy teacher of another recipe trained once and cached.
 
-A user names an open_clip architecture plus a pretrained tag/path/URI. With the project's toy
-architecture and no checkpoint, the toy teacher is trained once on the shapes world and cached
-under ``teacher.cache_dir`` keyed by its recipe, so later runs (and other storage roots) reuse it.
+The toy teacher is defined by its recipe (step count, seed, settings), never by a time budget.
+The package ships the weights of the default recipe (``zeroseg/assets``) with the record of how
+they were made, so a fresh machine starts from the same teacher; ``zeroseg teacher-pretrain``
+reproduces them, or trains another recipe into ``teacher.cache_dir``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from zeroseg.config import Config
+from zeroseg.toy_assets import SHIPPED_RECORD, SHIPPED_WEIGHTS, TOY_MODEL
 
 from . import storage
 from .runner import code_version, fingerprint, now
 
-TOY_MODEL = "zeroseg-toyclip"
+
+class ShippedTeacherError(RuntimeError):
+    """The packaged toy teacher is missing or is not the file its record describes."""
+
+
+def toy_settings(cfg: Config, stop_at: int | None = None):
+    """The ``ToyTeacherSettings`` a config asks for."""
+    from zeroseg.toy_teacher import ToyTeacherSettings
+
+    return ToyTeacherSettings(
+        steps=cfg.teacher.pretrain_steps,
+        seed=cfg.teacher.pretrain_seed,
+        stop_at=stop_at,
+        **dict(cfg.teacher.pretrain_overrides),
+    )
+
+
+def _canonical(d: Any) -> Any:
+    return json.loads(json.dumps(d, sort_keys=True))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shipped_record() -> dict[str, Any] | None:
+    """The packaged teacher's record (recipe, accuracies, curve, sha256), or None."""
+    if not SHIPPED_RECORD.is_file():
+        return None
+    return json.loads(SHIPPED_RECORD.read_text())
+
+
+def verified_shipped_weights(record: dict[str, Any]) -> str:
+    """Path of the packaged weights after checking them against their record: a damaged or
+    placeholder file (e.g. a Git LFS pointer) must never be used as the teacher."""
+    if not SHIPPED_WEIGHTS.is_file():
+        raise ShippedTeacherError(f"the packaged toy teacher {SHIPPED_WEIGHTS} is missing")
+    digest = _sha256(SHIPPED_WEIGHTS)
+    if digest != record["sha256"]:
+        raise ShippedTeacherError(
+            f"{SHIPPED_WEIGHTS} is not the shipped toy teacher (sha256 {digest[:12]}..., "
+            f"expected {record['sha256'][:12]}...); reinstall the package or rebuild it with "
+            "`zeroseg teacher-pretrain`"
+        )
+    return str(SHIPPED_WEIGHTS)
+
+
+def is_shipped_recipe(cfg: Config) -> bool:
+    record = shipped_record()
+    return record is not None and _canonical(toy_settings(cfg).recipe()) == record["recipe"]
 
 
 def toy_teacher_dir(cfg: Config) -> str:
-    from zeroseg import toy_teacher
-
-    recipe = {
-        "recipe": getattr(toy_teacher, "RECIPE_VERSION", 1),
-        "seconds": cfg.teacher.pretrain_seconds,
-        "seed": cfg.teacher.pretrain_seed,
-        "overrides": dict(cfg.teacher.pretrain_overrides),
-    }
+    """Cache folder of the config's toy-teacher recipe."""
+    recipe = toy_settings(cfg).recipe()
     return storage.join(cfg.teacher.cache_dir, f"{TOY_MODEL}-{fingerprint(recipe)}")
 
 
-def pretrain_toy_teacher(cfg: Config, force: bool = False, log=print) -> dict[str, Any]:
-    """Train (or reuse) the cached toy teacher; returns its checkpoint URI and accuracy."""
+def _info(record: dict[str, Any], weights: str) -> dict[str, Any]:
+    return {
+        "model": TOY_MODEL,
+        "pretrained": weights,
+        "accuracy": record["accuracy"],
+        "steps": record["steps"],
+    }
+
+
+def pretrain_toy_teacher(
+    cfg: Config,
+    force: bool = False,
+    out_dir: str | None = None,
+    stop_at: int | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Train (or reuse) the toy teacher of the config's recipe; returns its checkpoint URI and
+    accuracy. ``out_dir`` writes it there instead of the cache; ``stop_at`` ends the run after
+    that many steps of the same schedule (a shortened reproduction). Either way the result is
+    compared with the shipped teacher's record when the recipe is the shipped one."""
     from zeroseg import toy_teacher
 
-    out_dir = toy_teacher_dir(cfg)
-    ckpt = storage.join(out_dir, "model.pt")
+    settings = toy_settings(cfg, stop_at)
+    out_dir = out_dir or toy_teacher_dir(cfg)
+    if stop_at is not None and out_dir == toy_teacher_dir(cfg):
+        out_dir = storage.join(out_dir, f"stop-at-{stop_at}")  # never mistaken for the full run
+    ckpt = storage.join(out_dir, "model.safetensors")
     info_uri = storage.join(out_dir, "teacher.json")
     if not force and storage.exists(info_uri) and storage.exists(ckpt):
         info = storage.read_json(info_uri)
+        acc = info["accuracy"]
         log(
-            f"[teacher] cached toy teacher {ckpt} (single {info['accuracy']['single']:.1%}, "
-            f"cell {info['accuracy']['cell']:.1%})"
+            f"[teacher] cached toy teacher {ckpt} "
+            f"(single {acc['single']:.1%}, cell {acc['cell']:.1%})"
         )
         return info
     storage.makedirs(out_dir)
-    settings = toy_teacher.ToyTeacherSettings(
-        seconds=cfg.teacher.pretrain_seconds,
-        seed=cfg.teacher.pretrain_seed,
-        **dict(cfg.teacher.pretrain_overrides),
-    )
     log(
-        f"[teacher] pretraining the toy CLIP teacher for about {settings.seconds:.0f} s "
-        f"(once; cached in {out_dir})"
+        f"[teacher] training the toy CLIP teacher: {stop_at or settings.steps} of "
+        f"{settings.steps} steps, seed {settings.seed} -> {out_dir}"
     )
     local_ckpt = (
         ckpt
         if storage.is_local(ckpt)
-        else os.path.join(tempfile.gettempdir(), f"zeroseg-toy-{os.getpid()}.pt")
+        else os.path.join(tempfile.gettempdir(), f"zeroseg-toy-{os.getpid()}.safetensors")
     )
     result = toy_teacher.pretrain(local_ckpt, settings, progress=True, log=log)
+    digest = _sha256(Path(local_ckpt))
     if local_ckpt != ckpt:
         with open(local_ckpt, "rb") as f:
             storage.write_bytes(ckpt, f.read())
         os.remove(local_ckpt)
+    accuracy = {k: float(result[k]) for k in ("single", "cell", "gen_single", "gen_cell")}
     info = {
         "model": TOY_MODEL,
         "pretrained": ckpt,
-        "accuracy": {"single": float(result["single"]), "cell": float(result["cell"])},
-        "seconds": float(result["seconds"]),
+        "sha256": digest,
+        "accuracy": accuracy,
         "steps": int(result["steps"]),
-        "settings": {"seconds": settings.seconds, "seed": settings.seed},
+        "recipe": _canonical(settings.recipe()),
+        "curve": result["curve"],
+        "seconds": result["seconds"],
         "created_at": now(),
         "code": code_version(),
     }
     storage.write_json(info_uri, info)
     log(
-        f"[teacher] zero-shot shape accuracy: single {info['accuracy']['single']:.1%}, "
-        f"cell {info['accuracy']['cell']:.1%} ({info['seconds']:.0f} s)"
+        f"[teacher] zero-shot shape accuracy: single {accuracy['single']:.1%}, cell "
+        f"{accuracy['cell']:.1%}; generalisation split single {accuracy['gen_single']:.1%}, "
+        f"cell {accuracy['gen_cell']:.1%} ({info['seconds']['total']:.0f} s)"
     )
+    compare_with_shipped(info, log)
     return info
+
+
+def compare_with_shipped(info: dict[str, Any], log=print) -> dict[str, Any] | None:
+    """Accuracy differences (points) against the shipped teacher at the same step, when
+    ``info`` follows the shipped recipe; None otherwise."""
+    record = shipped_record()
+    if record is None or info["recipe"] != record["recipe"]:
+        return None
+    step = info["steps"]
+    ref = next((p for p in record["curve"] if p["step"] == step), None)
+    if ref is None:
+        log(f"[teacher] the shipped record has no accuracy at step {step} to compare with")
+        return None
+    diff = {k: round(100 * (info["accuracy"][k] - ref[k]), 2) for k in info["accuracy"]}
+    same = info.get("sha256") == record["sha256"] if step == record["steps"] else None
+    log(
+        f"[teacher] against the shipped teacher's record at step {step}: "
+        + ", ".join(f"{k} {v:+.1f} pt" for k, v in diff.items())
+        + ("" if same is None else f"; weights identical: {'yes' if same else 'no'}")
+    )
+    return {"step": step, "points": diff, "identical_weights": same}
 
 
 def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
@@ -88,6 +181,9 @@ def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
     if cfg.teacher.pretrained:
         return {"model": cfg.teacher.model, "pretrained": cfg.teacher.pretrained}
     if cfg.teacher.model == TOY_MODEL:
+        record = shipped_record()
+        if record is not None and is_shipped_recipe(cfg):
+            return _info(record, verified_shipped_weights(record))
         return pretrain_toy_teacher(cfg, log=log)
     raise ValueError(
         "teacher.pretrained is empty: give an open_clip pretrained tag, a local checkpoint or an "
@@ -98,8 +194,11 @@ def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
 
 def teacher_identity(teacher: dict[str, Any]) -> dict[str, Any]:
     """What of a teacher changes its embeddings: name, checkpoint and the file's identity."""
-    ident = {"model": teacher["model"], "pretrained": teacher["pretrained"]}
     pre = teacher["pretrained"]
+    if pre and Path(pre) == SHIPPED_WEIGHTS:  # the same file wherever the package is installed
+        record = shipped_record()
+        return {"model": teacher["model"], "pretrained": "shipped", "sha256": record["sha256"]}
+    ident = {"model": teacher["model"], "pretrained": pre}
     if pre and ("/" in pre or pre.endswith((".pt", ".bin", ".safetensors"))):
         try:
             ident["file"] = storage.file_signature(pre)

@@ -57,7 +57,7 @@ def ray_local(s3_server):
 
 @pytest.fixture(scope="session")
 def teacher_cache(tmp_path_factory):
-    """A toy teacher trained for a few seconds, shared by every integration test."""
+    """Cache folder for toy teachers of other recipes; the tests' runs use the shipped one."""
     return str(tmp_path_factory.mktemp("teachers"))
 
 
@@ -65,8 +65,6 @@ def tiny_overrides(root: str, teacher_cache: str) -> list[str]:
     return [
         f"storage.root={root}",
         f"teacher.cache_dir={teacher_cache}",
-        "teacher.pretrain_seconds=6",
-        "teacher.pretrain_overrides={pool_size: 400, eval_n: 24, eval_every: 0, batch: 64}",
         "world.n_train=40",
         "world.n_val=8",
         "world.n_bench=10",

@@ -30,7 +30,7 @@ from .inference import (
 )
 from .views import cut_views
 
-METHODS = ("student", "grid_crop", "maskclip_dense", "all_background")
+METHODS = ("student", "grid_crop", "maskclip_dense", "dense_raw", "all_background")
 BASELINES = METHODS[1:]
 BACKGROUND_NAME = "background"
 
@@ -121,11 +121,17 @@ def grid_cosines(
 
 @torch.no_grad()
 def dense_cosines(
-    teacher, image: np.ndarray, text: torch.Tensor, input_size: int | None = None
+    teacher,
+    image: np.ndarray,
+    text: torch.Tensor,
+    input_size: int | None = None,
+    mode: str = "value",
 ) -> torch.Tensor:
-    """MaskCLIP-style: the teacher's per-location embeddings, cosines upsampled bilinearly."""
+    """The teacher's per-location embeddings, cosines upsampled bilinearly. ``mode="value"``
+    is MaskCLIP's value path (``maskclip_dense``), ``"raw"`` the tower's own last-block patch
+    tokens (``dense_raw``); see :func:`zeroseg.teacher.dense_tower_features`."""
     x = image_tensor(image, input_size or teacher.image_size)
-    dense = teacher.dense_features(x, input_size=input_size)[0]  # (h', w', D)
+    dense = teacher.dense_features(x, input_size=input_size, mode=mode)[0]  # (h', w', D)
     return dense_score_map(dense, text, image.shape[:2])
 
 
@@ -144,13 +150,16 @@ def method_cosines(
 ) -> torch.Tensor | None:
     """``(1 + C, H, W)`` cosines of one method; None for ``all_background``. ``size`` is the
     student's short side (and the grid-crop's square input); ``window`` / ``stride`` its sliding
-    window; ``readout`` the student's (:data:`STUDENT_READOUTS`)."""
+    window; ``readout`` the student's (:data:`STUDENT_READOUTS`); ``dense_input_size`` the
+    teacher's input side for both dense read-outs (``maskclip_dense``, ``dense_raw``)."""
     if method == "student":
         return student_cosines(student, image, text, size, window, stride, readout)
     if method == "grid_crop":
         return grid_cosines(teacher, image, text, size, 4)
     if method == "maskclip_dense":
-        return dense_cosines(teacher, image, text, dense_input_size)
+        return dense_cosines(teacher, image, text, dense_input_size, mode="value")
+    if method == "dense_raw":
+        return dense_cosines(teacher, image, text, dense_input_size, mode="raw")
     if method == "all_background":
         return None
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")

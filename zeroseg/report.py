@@ -84,6 +84,23 @@ def render_report(
     lines += [
         "",
         "n/a: the class is neither in the ground truth nor predicted (left out of the mean).",
+    ]
+    general = {n: m["generalisation"] for n, m in methods.items() if "generalisation" in m}
+    if general:
+        lines += [
+            "",
+            f"## Generalisation split ({metrics.get('num_generalisation_images', '?')} images)",
+            "",
+            "Held-out colours, backgrounds and object sizes; each method keeps the background "
+            "rule above (chosen on the validation split).",
+            "",
+            "| method | mIoU % | pixel acc. % |",
+            "|---|---:|---:|",
+        ]
+        lines += [
+            f"| {n} | {_pct(g['miou'])} | {_pct(g['pixel_accuracy'])} |" for n, g in general.items()
+        ]
+    lines += [
         "",
         "## Confusion matrix (student, rows = ground truth, normalised per row)",
         "",

@@ -34,6 +34,8 @@ PROJECT_PREFIX = "zeroseg-"
 
 def register_model_configs() -> None:
     """Make the project's own architectures (``zeroseg-*.json``) known to open_clip."""
+    from . import toy_vit  # noqa: F401  (registers the lab teacher's tower with timm)
+
     if not any(n.startswith(PROJECT_PREFIX) for n in open_clip.list_models()):
         for cfg in sorted(MODEL_CONFIG_DIR.glob(f"{PROJECT_PREFIX}*.json")):
             open_clip.add_model_config(cfg)
@@ -223,63 +225,71 @@ class Teacher:
             z = z.view(len(classnames), len(templates), -1).mean(1)
             return self._out(z)
 
-    def dense_features(self, x: torch.Tensor, input_size: int | None = None) -> torch.Tensor:
-        """(B, 3, h, w) in [0, 1] -> (B, h', w', D) per-location embeddings (MaskCLIP-style).
+    def dense_features(
+        self, x: torch.Tensor, input_size: int | None = None, mode: str = "value"
+    ) -> torch.Tensor:
+        """(B, 3, h, w) in [0, 1] -> (B, h', w', D) per-location embeddings.
 
-        ``input_size`` feeds a larger square than the model's own input size, which gives a CNN
-        tower a finer map (ViT towers with fixed position embeddings need their own size)."""
+        ``mode`` (:data:`DENSE_MODES`): ``"value"`` is MaskCLIP's read-out of a ViT (the last
+        block's value path), ``"raw"`` the tower's own last-block patch tokens; see
+        :func:`dense_tower_features`. ``input_size`` feeds a larger square than the model's own
+        input size, which gives a finer map to a CNN tower or a ViT that interpolates its
+        position embeddings (timm ``dynamic_img_size``); open_clip's own ViT needs its size."""
         with torch.inference_mode():
             x = self.preprocess(x, input_size)
-            return self._out(dense_tower_features(self.model.visual, x))
+            return self._out(dense_tower_features(self.model.visual, x, mode))
 
 
-def dense_tower_features(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+DENSE_MODES = ("value", "raw")
+
+
+def dense_tower_features(
+    visual: torch.nn.Module, x: torch.Tensor, mode: str = "value"
+) -> torch.Tensor:
     """Per-location projected features of an open_clip image tower, (B, h', w', D), unnormalised.
 
-    - timm trunk (``TimmModel``): the trunk's head (pooling, norm) and the adapter's projection
-      applied to each location, i.e. pooling moved to the end; with avg pooling and a linear
-      projection, the spatial mean equals the global embedding.
-    - ``VisionTransformer``: the last block's value path only (v-projection, out-projection,
-      no q-k attention, no residual/MLP), then ``ln_post`` and ``proj`` on the patch tokens.
-    - ``ModifiedResNet``: the attention pool's value and output projections per location.
+    ``mode="value"`` (MaskCLIP): for a ViT, the last block's value path only (pre-norm,
+    v-projection, out-projection and layer scale; no q-k attention, no residual, no MLP), then
+    the tower's final norm and projection on the patch tokens. ``mode="raw"``: the last block's
+    full forward, then the same final norm and projection on its patch tokens (class and other
+    prefix tokens dropped): the naive read-out of CLIP's patch tokens. Towers:
+
+    - ``TimmModel`` with a timm ``VisionTransformer`` trunk: tokens through ``patch_embed``,
+      ``_pos_embed``, ``patch_drop``, ``norm_pre`` and all blocks but the last; the read-out is
+      ``trunk.norm``, the trunk's head (``fc_norm``, ``head``) and the adapter's projection per
+      patch token, so with ``timm_pool: token`` the class token through the same layers is the
+      global embedding. With ``dynamic_img_size`` the grid follows the input size.
+    - ``TimmModel`` with a CNN trunk: the trunk's head (pooling, norm) and the adapter's
+      projection applied to each location, i.e. pooling moved to the end; with avg pooling and a
+      linear projection the spatial mean equals the global embedding. A CNN has no value path,
+      so both modes give this same map.
+    - open_clip ``VisionTransformer``: as for timm (``ln_1``, the v slice of ``in_proj``,
+      ``out_proj``, ``ls_1``; then ``ln_post`` and ``proj``).
+    - ``ModifiedResNet``: the attention pool's value and output projections per location
+      (both modes).
     """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.timm_model import TimmModel
     from open_clip.transformer import VisionTransformer
 
+    if mode not in DENSE_MODES:
+        raise ValueError(f"dense read-out mode must be one of {DENSE_MODES}, got {mode!r}")
     if isinstance(visual, TimmModel):
+        from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+        if "pool" in visual.head:
+            raise NotImplementedError("dense features for attention-pooled timm towers")
+        if isinstance(visual.trunk, TimmViT):
+            return _timm_vit_dense(visual, x, mode)
         fmap = visual.trunk.forward_features(x)
         if fmap.ndim != 4:
             raise NotImplementedError("dense features need a timm trunk with a (B, C, H, W) map")
-        if any(k in visual.head for k in ("pool",)):
-            raise NotImplementedError("dense features for attention-pooled timm towers")
         b, c, h, w = fmap.shape
         cells = fmap.permute(0, 2, 3, 1).reshape(b * h * w, c, 1, 1)
         z = visual.head(visual.trunk.forward_head(cells))
         return z.reshape(b, h, w, -1)
     if isinstance(visual, VisionTransformer):
-        if visual.attn_pool is not None:
-            raise NotImplementedError("dense features for attention-pooled ViTs")
-        tokens = visual._embeds(x)
-        blocks = visual.transformer.resblocks
-        for blk in blocks[:-1]:
-            tokens = blk(tokens)
-        last = blocks[-1]
-        attn = getattr(last, "attn", None)
-        if not isinstance(attn, torch.nn.MultiheadAttention):
-            raise NotImplementedError("dense features need nn.MultiheadAttention blocks")
-        d = attn.embed_dim
-        y = last.ln_1(tokens)
-        bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
-        v = F.linear(y, attn.in_proj_weight[2 * d :], bias)
-        v = attn.out_proj(v)
-        if not getattr(visual.transformer, "batch_first", True):
-            v = v.transpose(0, 1)
-        v = visual.ln_post(v[:, 1:])
-        if visual.proj is not None:
-            v = v @ visual.proj
-        gh, gw = x.shape[-2] // visual.patch_size[0], x.shape[-1] // visual.patch_size[1]
-        return v.reshape(v.shape[0], gh, gw, -1)
+        return _open_clip_vit_dense(visual, x, mode)
     if isinstance(visual, ModifiedResNet):
         y = visual.stem(x)
         y = visual.layer4(visual.layer3(visual.layer2(visual.layer1(y))))
@@ -287,3 +297,67 @@ def dense_tower_features(visual: torch.nn.Module, x: torch.Tensor) -> torch.Tens
         y = y.permute(0, 2, 3, 1)
         return pool.c_proj(pool.v_proj(y))
     raise NotImplementedError(f"dense features for {type(visual).__name__}")
+
+
+def _timm_vit_dense(visual: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    from timm.layers import Attention
+
+    trunk = visual.trunk
+    if getattr(trunk, "attn_pool", None) is not None:
+        raise NotImplementedError("dense features for attention-pooled (map) timm ViTs")
+    tokens = trunk.patch_embed(x)
+    if tokens.ndim == 4:  # dynamic_img_size: (B, gh, gw, C), flattened by _pos_embed
+        grid = tuple(tokens.shape[1:3])
+    else:
+        grid = tuple(trunk.patch_embed.grid_size)
+    tokens = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(tokens)))
+    for blk in trunk.blocks[:-1]:
+        tokens = blk(tokens)
+    last = trunk.blocks[-1]
+    if mode == "raw":
+        out = last(tokens)
+    else:
+        attn = getattr(last, "attn", None)
+        if not isinstance(attn, Attention) or not isinstance(attn.qkv, torch.nn.Linear):
+            raise NotImplementedError("the value path needs a timm Attention with a fused qkv")
+        y = last.norm1(tokens)
+        d = attn.qkv.out_features // 3
+        bias = attn.qkv.bias[2 * d :] if attn.qkv.bias is not None else None
+        v = attn.norm(F.linear(y, attn.qkv.weight[2 * d :], bias))
+        gate = getattr(attn, "gate", None)
+        if gate is not None:
+            v = v * gate(y).sigmoid()
+        out = last.ls1(attn.proj(v))
+    patches = trunk.norm(out[:, trunk.num_prefix_tokens :])
+    z = visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(patches))))
+    return z.reshape(z.shape[0], *grid, z.shape[-1])
+
+
+def _open_clip_vit_dense(visual: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    if visual.attn_pool is not None:
+        raise NotImplementedError("dense features for attention-pooled ViTs")
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    tokens = visual._embeds(x)  # (B, 1 + N, C)
+    if not batch_first:
+        tokens = tokens.transpose(0, 1)
+    blocks = visual.transformer.resblocks
+    for blk in blocks[:-1]:
+        tokens = blk(tokens)
+    last = blocks[-1]
+    if mode == "raw":
+        out = last(tokens)
+    else:
+        attn = getattr(last, "attn", None)
+        if not isinstance(attn, torch.nn.MultiheadAttention):
+            raise NotImplementedError("dense features need nn.MultiheadAttention blocks")
+        d = attn.embed_dim
+        y = last.ln_1(tokens)
+        bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
+        out = last.ls_1(attn.out_proj(F.linear(y, attn.in_proj_weight[2 * d :], bias)))
+    if not batch_first:
+        out = out.transpose(0, 1)
+    v = visual.ln_post(out[:, 1:])
+    if visual.proj is not None:
+        v = v @ visual.proj
+    gh, gw = x.shape[-2] // visual.patch_size[0], x.shape[-1] // visual.patch_size[1]
+    return v.reshape(v.shape[0], gh, gw, -1)

@@ -34,7 +34,12 @@ def test_voc_eval_parts_metrics_report_and_resume(ray_local, tmp_path, capsys):
     assert metrics["protocol_version"] == metrics["protocol"]["version"] >= 2
     assert metrics["protocol"]["background_rules"] == ["threshold:0.95"]
     assert metrics["num_images"] == 5 and len(metrics["protocol"]["classes"]) == 21
-    assert set(metrics["baselines"]) == {"grid_crop", "maskclip_dense", "all_background"}
+    assert set(metrics["baselines"]) == {
+        "grid_crop",
+        "maskclip_dense",
+        "dense_raw",
+        "all_background",
+    }
     # three tasks of <= 2 images; their sum is what metrics.json reports
     parts = sorted(os.listdir(edir / "parts"))
     assert parts == ["bench-0000.npz", "bench-0001.npz", "bench-0002.npz"]
@@ -49,6 +54,7 @@ def test_voc_eval_parts_metrics_report_and_resume(ray_local, tmp_path, capsys):
 
     report = (edir / "report.md").read_text()
     assert "| student |" in report and "| maskclip_dense |" in report and "| aeroplane |" in report
+    assert "| dense_raw |" in report
     assert "![confusion matrix](confusion.png)" in report
     assert (edir / "confusion.png").read_bytes()[:4] == b"\x89PNG"
     overlays = sorted(os.listdir(edir / "overlays"))

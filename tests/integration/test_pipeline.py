@@ -25,7 +25,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def demo(ray_local, tmp_path_factory, teacher_cache):
     root = str(tmp_path_factory.mktemp("run"))
-    cfg = load_config("jobs/demo.yaml", [*tiny_overrides(root, teacher_cache), "world.n_shifted=6"])
+    cfg = load_config(
+        "jobs/demo.yaml", [*tiny_overrides(root, teacher_cache), "world.n_generalisation=6"]
+    )
     ensure_world(cfg)
     train_dir = cfg.data.train
     # bad inputs next to good ones: recorded with a reason, never a crash
@@ -48,7 +50,12 @@ def test_summary_has_student_and_all_baselines(demo):
     cfg, summary, _ = demo
     on_disk = json.loads(open(os.path.join(cfg.storage.root, "summary.json")).read())
     assert on_disk["student"]["miou"] == pytest.approx(summary["student"]["miou"])
-    assert set(summary["baselines"]) == {"grid_crop", "maskclip_dense", "all_background"}
+    assert set(summary["baselines"]) == {
+        "grid_crop",
+        "maskclip_dense",
+        "dense_raw",
+        "all_background",
+    }
     for entry in [summary["student"], *summary["baselines"].values()]:
         assert 0.0 <= entry["miou"] <= 1.0
     assert set(summary["student"]["per_class"]) >= {"background", "circle"}
@@ -110,25 +117,35 @@ def test_train_outputs_and_eval_outputs(demo):
     assert metrics["protocol"]["version"] >= 1
     assert len(os.listdir(os.path.join(edir, "overlays"))) == cfg.eval.overlays
     parts = os.listdir(os.path.join(edir, "parts"))
-    n_parts = sum(-(-n // 4) for n in (cfg.world.n_bench, cfg.world.n_val, cfg.world.n_shifted))
+    n_parts = sum(
+        -(-n // 4) for n in (cfg.world.n_bench, cfg.world.n_val, cfg.world.n_generalisation)
+    )
     assert len(parts) == n_parts
     assert os.path.exists(os.path.join(edir, "config.json"))
 
 
-def test_shifted_split_is_scored_with_the_val_rule(demo):
+def test_generalisation_split_is_scored_with_the_val_rule(demo):
+    from zeroseg.data.shapes import generalisation_world
+
     cfg, summary, _ = demo
-    with Image.open(storage.list_files(os.path.join(cfg.data.shifted, "images"))[0]) as im:
-        assert im.size == (cfg.world.shifted_image_size,) * 2  # another resolution
-    meta = json.load(open(os.path.join(cfg.data.shifted, "world.json")))
-    assert set(meta["settings"]["backgrounds"]) == set(cfg.world.shifted_backgrounds)
-    sh = summary["shifted"]
-    assert sh["num_images"] == cfg.world.n_shifted
-    assert sh["student_retention"] == pytest.approx(sh["student_miou"] / summary["student"]["miou"])
-    assert set(sh["baselines_miou"]) == set(summary["baselines"])
+    gen_dir = cfg.data.generalisation
+    with Image.open(storage.list_files(os.path.join(gen_dir, "images"))[0]) as im:
+        assert im.size == (cfg.world.generalisation_image_size,) * 2  # another resolution
+    meta = json.load(open(os.path.join(gen_dir, "world.json")))
+    held_out = generalisation_world(cfg.world.generalisation_image_size).to_dict()
+    assert json.loads(json.dumps(meta["settings"])) == json.loads(json.dumps(held_out))
+    gen = summary["generalisation"]
+    assert gen["num_images"] == cfg.world.n_generalisation
+    assert gen["student_retention"] == pytest.approx(
+        gen["student_miou"] / summary["student"]["miou"]
+    )
+    assert set(gen["baselines_miou"]) == set(summary["baselines"])
     (efp,) = os.listdir(os.path.join(cfg.storage.root, "eval"))
     metrics = json.load(open(os.path.join(cfg.storage.root, "eval", efp, "shapes", "metrics.json")))
-    # the shifted split never picks its own rule: it is scored with the one chosen on val
-    assert "shifted" in metrics["student"] and metrics["num_shifted_images"] == 6
+    # the split never picks its own rule: every method is scored with the one chosen on val
+    assert metrics["num_generalisation_images"] == 6
+    for m in [metrics["student"], *metrics["baselines"].values()]:
+        assert "generalisation" in m
 
 
 def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
@@ -138,7 +155,7 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
         "--config",
         "jobs/demo.yaml",
         *tiny_overrides(cfg.storage.root, cfg.teacher.cache_dir),
-        "world.n_shifted=6",
+        "world.n_generalisation=6",
         "train.max_steps=3",
         "ablation.variants.both=[]",
         "ablation.variants.base=[train.multiscale_views=global,train.w_matching=0]",
@@ -191,7 +208,10 @@ def test_ablation_refuses_a_variant_that_changes_the_cache(tmp_path, capsys):
 
 def test_a_split_from_other_world_settings_is_not_reused(demo):
     cfg, _, _ = demo
-    overrides = [*tiny_overrides(cfg.storage.root, cfg.teacher.cache_dir), "world.n_shifted=6"]
+    overrides = [
+        *tiny_overrides(cfg.storage.root, cfg.teacher.cache_dir),
+        "world.n_generalisation=6",
+    ]
     ensure_world(load_config("jobs/demo.yaml", overrides))  # same settings: reused silently
     other = load_config("jobs/demo.yaml", [*overrides, "world.n_train=41"])
     with pytest.raises(ValueError, match="train split .* other world settings .*n"):
@@ -320,7 +340,7 @@ def test_run_reruns_only_what_a_config_change_invalidates(demo, teacher_cache):
     from pipeline.extract import run_extract
 
     cfg, summary, _ = demo
-    demo_overrides = [*tiny_overrides(cfg.storage.root, teacher_cache), "world.n_shifted=6"]
+    demo_overrides = [*tiny_overrides(cfg.storage.root, teacher_cache), "world.n_generalisation=6"]
     logs: list[str] = []
     changed = load_config("jobs/demo.yaml", [*demo_overrides, "train.epochs=1"])
     again = run_all(changed, log=logs.append)

@@ -33,12 +33,27 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ("student.preset=student-huge", "student.preset"),
         ("student.overrides.widht=64", "student.overrides"),
         ("student.overrides.stem=lens", "student.overrides"),
+        ("world.n_generalisation=-1", "world.n_generalisation"),
+        ("world.generalisation_image_size=4", "world.generalisation_image_size"),
+        # the split was renamed: the old keys are refused, not silently ignored
+        ("world.n_shifted=10", "world.n_shifted"),
+        ("world.shifted_backgrounds=[dots]", "world.shifted_backgrounds"),
+        ("data.shifted=/tmp/x", "data.shifted"),
     ],
 )
 def test_bad_overrides_name_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load_config(None, [override])
     assert key in str(err.value)
+
+
+def test_generalisation_split_keys():
+    cfg = load_config(None, ["storage.root=/out"])
+    assert cfg.world.n_generalisation == 0 and cfg.world.generalisation_image_size == 96
+    assert cfg.data.generalisation == "/out/data/generalisation"
+    quality = load_config("jobs/quality.yaml")
+    assert quality.world.n_generalisation == 200
+    assert quality.data.generalisation == "runs/quality/data/generalisation"
 
 
 def test_unknown_key_in_yaml_is_named(tmp_path):

@@ -64,3 +64,14 @@ def test_best_and_worst_images_are_distinct():
         ("worst", "e", 0.3),
     ]
     assert [p[1] for p in pick_best_worst(ids[:1], [0.2], 8)] == ["a"]
+
+
+def test_quality_dry_run_plans_the_generalisation_split(tmp_path):
+    from pipeline.eval_plan import plan_benchmark
+
+    cfg = load_config("jobs/quality.yaml", [f"storage.root={tmp_path}"])
+    plan = plan_benchmark(cfg, "shapes")
+    assert plan["images"] == {"bench": 200, "val": 100, "generalisation": 200}
+    assert plan["tasks"] == 4 + 2 + 4  # 50 images per task
+    demo = plan_benchmark(load_config("jobs/demo.yaml", [f"storage.root={tmp_path}"]), "shapes")
+    assert "generalisation" not in demo["images"]

@@ -2,7 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-from zeroseg.predict import apply_rule, parse_rule
+from zeroseg.predict import (
+    BASELINES,
+    METHODS,
+    apply_rule,
+    image_tensor,
+    method_cosines,
+    parse_rule,
+    text_embeddings,
+)
 
 
 def test_parse_rule():
@@ -29,3 +37,27 @@ def test_rules_on_a_known_map():
     assert apply_rule(cos, "threshold:0.9", (2, 2)).tolist() == [[1, 1], [0, 2]]
     assert apply_rule(cos, "cosine:0.4", (2, 2)).tolist() == [[1, 1], [1, 0]]
     assert np.array_equal(apply_rule(None, "prompt", (3, 4)), np.zeros((3, 4), np.int64))
+
+
+def test_methods_and_the_raw_dense_baseline():
+    """dense_raw: the teacher's own last-block patch tokens at the maskclip_dense input size,
+    scored like every other method; a ViT teacher's raw map is not its value-path map."""
+    from zeroseg.inference import dense_score_map
+    from zeroseg.teacher import Teacher
+
+    assert METHODS == ("student", "grid_crop", "maskclip_dense", "dense_raw", "all_background")
+    assert BASELINES == METHODS[1:]
+    torch.manual_seed(0)
+    teacher = Teacher("zeroseg-toyclip", None)
+    text = text_embeddings(teacher, ["circle", "square"], ["a photo of a {}."])
+    image = np.random.default_rng(0).integers(0, 255, (48, 40, 3), dtype=np.uint8)
+    kw = dict(teacher=teacher, size=64, dense_input_size=128)
+    raw = method_cosines("dense_raw", image, text, **kw)
+    value = method_cosines("maskclip_dense", image, text, **kw)
+    assert raw.shape == value.shape == (3, 48, 40)
+    features = teacher.dense_features(image_tensor(image, 128), input_size=128, mode="raw")
+    assert features.shape == (1, 16, 16, 128)
+    torch.testing.assert_close(raw, dense_score_map(features[0], text, (48, 40)))
+    assert not torch.allclose(raw, value, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown method"):
+        method_cosines("dense_rwa", image, text, **kw)

@@ -225,10 +225,15 @@ def test_dense_preset_keeps_groups_apart_at_init():
     assert out["groups_used"].item() > 1
 
 
-def test_teacher_stem_tokens_are_the_teachers_dense_features(tmp_path):
+@pytest.mark.parametrize(
+    "teacher_model, scale",
+    [("zeroseg-toyclip", 1), ("zeroseg-toyclip-cnn", 4)],  # ViT tower stride 8, CNN stride 32
+)
+def test_teacher_stem_tokens_are_the_teachers_dense_features(tmp_path, teacher_model, scale):
     """The teacher stem embeds patches with the trained teacher tower's per-location embeddings
-    of the 4x image: the tokens equal one linear map of Teacher.dense_features at 4x the side;
-    only that map learns, the tower stays frozen and in eval mode, and the weights round-trip."""
+    (the value read-out) of the image enlarged ``teacher_scale`` times: the tokens equal one
+    linear map of Teacher.dense_features at that side; only that map learns, the tower stays
+    frozen and in eval mode, and the weights round-trip."""
     import open_clip
     import torch.nn.functional as F
 
@@ -236,23 +241,28 @@ def test_teacher_stem_tokens_are_the_teachers_dense_features(tmp_path):
 
     register_model_configs()
     torch.manual_seed(1)
-    trained, _, _ = open_clip.create_model_and_transforms("zeroseg-toyclip")
+    trained, _, _ = open_clip.create_model_and_transforms(teacher_model)
     ckpt = tmp_path / "teacher.pt"
     torch.save(trained.state_dict(), ckpt)
 
     model = build_student(
-        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip"
+        "student-tiny-dense", 128, stem="teacher", teacher_model=teacher_model, teacher_scale=scale
     )
-    model.patch_embed.load_teacher("zeroseg-toyclip", str(ckpt))
+    model.patch_embed.load_teacher(teacher_model, str(ckpt))
     model.train()
     stem = model.patch_embed
     assert not stem.visual.training and all(not p.requires_grad for p in stem.visual.parameters())
 
     images = torch.rand(2, 3, 64, 64)
     x = (images - model.pixel_mean) / model.pixel_std
-    dense = Teacher("zeroseg-toyclip", str(ckpt)).dense_features(images, input_size=256)
+    teacher = Teacher(teacher_model, str(ckpt))
+    dense = teacher.dense_features(images, input_size=64 * scale, mode="value")
     expected = stem.proj(F.normalize(dense, dim=-1).flatten(1, 2))
     assert torch.allclose(stem(x), expected, atol=1e-4)
+    if teacher_model == "zeroseg-toyclip":  # a ViT: the raw patch tokens are another map
+        raw = teacher.dense_features(images, input_size=64 * scale, mode="raw").clone()
+        with torch.no_grad():
+            assert not torch.allclose(stem(x), stem.proj(raw.flatten(1, 2)), atol=1e-3)
 
     model(x, mask_ratio=0.0)["patch_embeds"].sum().backward()
     assert stem.proj.weight.grad is not None
@@ -283,7 +293,12 @@ def test_teacher_stem_with_pixels_adds_a_linear_pixel_embedding():
     which learns; a patch-only stem refuses the option."""
     torch.manual_seed(2)
     model = build_student(
-        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip", stem_pixels=True
+        "student-tiny-dense",
+        128,
+        stem="teacher",
+        teacher_model="zeroseg-toyclip",
+        teacher_scale=1,  # the ViT tower has stride 8, the student's patch size
+        stem_pixels=True,
     )
     stem = model.patch_embed
     x = torch.randn(2, 3, 64, 64)
@@ -305,7 +320,7 @@ def test_precomputed_teacher_stem_features_give_the_same_forward():
     the outputs, and the gradients of the learning parts, are those of the full forward."""
     torch.manual_seed(3)
     model = build_student(
-        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip"
+        "student-tiny-dense", 128, stem="teacher", teacher_model="zeroseg-toyclip", teacher_scale=1
     ).train()
     x = torch.rand(2, 3, 64, 64)
     feats = model.stem_features(x)

@@ -21,14 +21,25 @@ TINY_VIT = {
 }
 
 
-@pytest.fixture(scope="module")
-def toy_ckpt(tmp_path_factory):
+def _random_checkpoint(tmp_path_factory, model_name: str) -> str:
     register_model_configs()
     torch.manual_seed(0)
-    model, _, _ = open_clip.create_model_and_transforms("zeroseg-toyclip")
-    path = tmp_path_factory.mktemp("ckpt") / "toy.pt"
+    model, _, _ = open_clip.create_model_and_transforms(model_name)
+    path = tmp_path_factory.mktemp("ckpt") / f"{model_name}.pt"
     torch.save(model.state_dict(), path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def toy_ckpt(tmp_path_factory):
+    """The toy teacher (a timm hybrid ViT tower), random weights."""
+    return _random_checkpoint(tmp_path_factory, "zeroseg-toyclip")
+
+
+@pytest.fixture(scope="module")
+def toy_cnn_ckpt(tmp_path_factory):
+    """The earlier toy teacher with a CNN tower (timm ``test_resnet``, avg pool), random weights."""
+    return _random_checkpoint(tmp_path_factory, "zeroseg-toyclip-cnn")
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +68,82 @@ def test_toy_teacher_shapes_and_norms(toy_ckpt):
     assert len(fp["weights_sha256"]) == 64
 
 
-def test_cnn_dense_features_pool_to_global(toy_ckpt):
+def test_cnn_dense_features_pool_to_global(toy_cnn_ckpt):
     # avg pooling then a linear projection == projection per location then the mean
-    t = Teacher("zeroseg-toyclip", pretrained=toy_ckpt, normalize=False)
+    t = Teacher("zeroseg-toyclip-cnn", pretrained=toy_cnn_ckpt, normalize=False)
     x = torch.rand(2, 3, 64, 64)
     dense = t.dense_features(x)
     torch.testing.assert_close(dense.mean(dim=(1, 2)), t.encode_images(x), atol=1e-5, rtol=1e-4)
+    # a CNN has no value path: the raw read-out is the same per-location map
+    torch.testing.assert_close(t.dense_features(x, mode="raw"), dense)
+
+
+def _vit_teacher(ckpt: str) -> Teacher:
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    t = Teacher("zeroseg-toyclip", pretrained=ckpt, normalize=False)
+    assert isinstance(t.model.visual.trunk, TimmViT)
+    return t
+
+
+def test_timm_vit_raw_dense_features_are_the_trunks_patch_tokens(toy_ckpt):
+    """raw: every block in full, the patch tokens through the trunk's final norm and the
+    adapter's projection; the class token through the same layers is encode_image."""
+    t = _vit_teacher(toy_ckpt)
+    visual = t.model.visual
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = visual.trunk.forward_features(t.preprocess(x))  # (B, 1 + 64, C), normed
+        assert visual.trunk.num_prefix_tokens == 1 and tokens.shape[1] == 1 + 8 * 8
+        expected = visual.head(tokens[:, 1:]).reshape(2, 8, 8, -1)
+        cls = visual.head(tokens[:, 0])
+    raw = t.dense_features(x, mode="raw")
+    assert raw.shape == (2, 8, 8, 128)
+    torch.testing.assert_close(raw, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cls, t.encode_images(x), atol=1e-5, rtol=1e-4)
+    # the value path is another read-out, not the raw tokens under a new name
+    assert not torch.allclose(t.dense_features(x, mode="value"), raw, atol=1e-3)
+
+
+def test_timm_vit_value_dense_features_are_the_last_blocks_value_path(toy_ckpt):
+    """value (MaskCLIP): the last block's input -> norm1 -> the v third of qkv (heads laid out
+    as the attention lays them out) -> proj -> layer scale; no attention, residual or MLP; then
+    the final norm and projection of each patch token."""
+    t = _vit_teacher(toy_ckpt)
+    visual = t.model.visual
+    trunk, last = visual.trunk, visual.trunk.blocks[-1]
+    seen = {}
+    hook = last.register_forward_pre_hook(lambda _m, args: seen.setdefault("x", args[0]))
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        visual(t.preprocess(x))
+        hook.remove()
+        inp = seen["x"]  # (B, 1 + N, C): what the last block receives
+        b, n, c = inp.shape
+        attn = last.attn
+        qkv = attn.qkv(last.norm1(inp)).reshape(b, n, 3, attn.num_heads, attn.head_dim)
+        v = attn.proj(qkv[:, :, 2].reshape(b, n, -1))
+        expected = visual.head(trunk.norm(last.ls1(v))[:, 1:]).reshape(2, 8, 8, -1)
+    value = t.dense_features(x)  # "value" is the default
+    torch.testing.assert_close(value, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(t.dense_features(x, mode="value"), value)
+    # per token: a patch's value read-out ignores the other tokens at the last block
+    moved = inp.clone()
+    moved[:, 2:] += torch.randn_like(moved[:, 2:])
+    with torch.no_grad():
+        y = last.ls1(attn.proj(attn.qkv(last.norm1(moved))[..., 2 * c :]))
+        again = visual.head(trunk.norm(y)[:, 1:2])
+    torch.testing.assert_close(again[:, 0], expected[:, 0, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_timm_vit_dense_grid_follows_the_input_size(toy_ckpt):
+    t = _vit_teacher(toy_ckpt)
+    x = torch.rand(3, 3, 64, 64)
+    for mode in ("value", "raw"):
+        assert t.dense_features(x, mode=mode).shape == (3, 8, 8, 128)
+        assert t.dense_features(x, input_size=128, mode=mode).shape == (3, 16, 16, 128)
+    with pytest.raises(ValueError, match="mode"):
+        t.dense_features(x, mode="attention")
 
 
 def test_tiny_vit_dense_features(tiny_vit_name):
@@ -74,8 +155,19 @@ def test_tiny_vit_dense_features(tiny_vit_name):
     assert d.shape == (2, 4, 4, 32)
     torch.testing.assert_close(d.norm(dim=-1), torch.ones(2, 4, 4))
     # the value path: independent of the other tokens' content through attention
-    raw = dense_tower_features(t.model.visual, t.preprocess(x))
-    assert raw.shape == (2, 4, 4, 32)
+    value = dense_tower_features(t.model.visual, t.preprocess(x))
+    assert value.shape == (2, 4, 4, 32)
+    # raw: open_clip's own patch tokens (after ln_post) through the projection
+    visual = t.model.visual
+    visual.output_tokens = True
+    try:
+        with torch.no_grad():
+            pooled, tokens = visual(t.preprocess(x))
+    finally:
+        visual.output_tokens = False
+    raw = dense_tower_features(visual, t.preprocess(x), mode="raw")
+    torch.testing.assert_close(raw, (tokens @ visual.proj).reshape(2, 4, 4, 32))
+    assert not torch.allclose(raw, value, atol=1e-3)
 
 
 def test_local_and_fsspec_weights_identical(toy_ckpt):
@@ -131,7 +223,7 @@ def test_project_vit_teacher_config_is_an_open_clip_vit():
 
 
 def test_architecture_shape_matches_the_built_model_without_building_it():
-    for name in ("zeroseg-toyclip", "zeroseg-toyclip-vit"):
+    for name in ("zeroseg-toyclip", "zeroseg-toyclip-cnn", "zeroseg-toyclip-vit"):
         t = Teacher(name, None)
         assert architecture_shape(name) == (t.embed_dim, t.image_size)
     assert architecture_shape("ViT-L-14") == (768, 224)  # config only: no weights, no model

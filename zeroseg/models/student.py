@@ -190,7 +190,8 @@ class TeacherStem(nn.Module):
         size = (h * self.scale, w * self.scale)
         big = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
         with torch.no_grad():
-            feats = dense_tower_features(self.visual, (big - self.teacher_mean) / self.teacher_std)
+            normed = (big - self.teacher_mean) / self.teacher_std
+            feats = dense_tower_features(self.visual, normed, mode="value")  # MaskCLIP's path
         return F.normalize(feats.float(), dim=-1)
 
     def forward(self, x: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,0 +1,72 @@
+"""The lab teacher's image tower: a small hybrid vision transformer registered with timm.
+
+Real CLIP ViTs read the image out through one global token: the loss only ever sees the class
+token, so the last block's patch tokens are barely aligned with text (why MaskCLIP needs its
+value-path trick and ZeroSeg distils crop embeddings). A toy teacher is only a faithful lab if
+it shares that structure: patch tokens, self-attention, a class-token read-out through the
+final norm and a linear projection, and no pooling of per-location features. A from-scratch
+patch-8 ViT learns rotated shapes far too slowly on a few CPU cores, so the patch embedding is
+a convolutional stem (three stride-2 3x3 convolutions, as in hybrid ViTs): 64 px in, 8 x 8
+tokens out. ``dynamic_img_size`` interpolates the position embeddings for other input sizes.
+
+Importing this module registers ``zeroseg_toyvit`` with timm; open_clip then builds it from the
+``timm_model_name`` of ``zeroseg-toyclip.json``.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import HybridEmbed
+from timm.models import register_model
+from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer_hybrid import ConvStem
+
+TIMM_NAME = "zeroseg_toyvit"
+STEM_CHANNELS = (32, 64, 128)
+STEM_STRIDES = (2, 2, 2)
+
+
+def toy_vit(
+    img_size: int = 64,
+    embed_dim: int = 128,
+    depth: int = 5,
+    num_heads: int = 4,
+    mlp_ratio: float = 3.0,
+    **kwargs,
+) -> VisionTransformer:
+    """A hybrid ViT: conv stem of total stride 8, class token, learned position embeddings."""
+    stem = ConvStem(
+        in_chans=3,
+        depth=len(STEM_CHANNELS),
+        channels=STEM_CHANNELS,
+        stride=STEM_STRIDES,
+        act_layer=torch.nn.GELU,
+    )
+    kwargs.setdefault("dynamic_img_size", True)
+    return VisionTransformer(
+        img_size=img_size,
+        patch_size=1,  # of the stem's output: one token per stem location
+        embed_layer=partial(HybridEmbed, backbone=stem),
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=num_heads,
+        mlp_ratio=mlp_ratio,
+        class_token=True,
+        **kwargs,
+    )
+
+
+@register_model
+def zeroseg_toyvit(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """timm entry point (never pretrained: the project trains and ships its own weights)."""
+    if pretrained:
+        raise ValueError(f"{TIMM_NAME} has no timm weights; load the project's checkpoint")
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(key, None)  # timm's factory bookkeeping, not architecture arguments
+    model = toy_vit(**kwargs)
+    size = model.patch_embed.img_size
+    # what timm's builder would attach; open_clip's adapter reads it
+    model.pretrained_cfg = model.default_cfg = {"input_size": (3, *size), "num_classes": 0}
+    return model
