@@ -24,8 +24,9 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import ConvStem
 
 TIMM_NAME = "zeroseg_toyvit"
-STEM_CHANNELS = (32, 64, 128)
-STEM_STRIDES = (2, 2, 2)
+STEM_CHANNELS = (32, 64, 64, 128)
+STEM_STRIDES = (2, 2, 1, 2)
+STEM = "convstem"
 
 
 def toy_vit(
@@ -37,13 +38,18 @@ def toy_vit(
     **kwargs,
 ) -> VisionTransformer:
     """A hybrid ViT: conv stem of total stride 8, class token, learned position embeddings."""
-    stem = ConvStem(
-        in_chans=3,
-        depth=len(STEM_CHANNELS),
-        channels=STEM_CHANNELS,
-        stride=STEM_STRIDES,
-        act_layer=torch.nn.GELU,
-    )
+    if STEM == "resnet":
+        import timm
+
+        stem = timm.create_model("test_resnet", features_only=True, out_indices=(2,))
+    else:
+        stem = ConvStem(
+            in_chans=3,
+            depth=len(STEM_CHANNELS),
+            channels=STEM_CHANNELS,
+            stride=STEM_STRIDES,
+            act_layer=torch.nn.GELU,
+        )
     kwargs.setdefault("dynamic_img_size", True)
     return VisionTransformer(
         img_size=img_size,
