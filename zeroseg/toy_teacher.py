@@ -295,10 +295,13 @@ def eval_sets(
     n: int = 300,
     seed: int = EVAL_SEED,
     single_size_range: tuple[float, float] = ToyTeacherSettings.single_size_range,
+    min_background: float = 0.0,
 ) -> EvalSets:
     """Held-out (single images, labels, grid cells, labels) of ``world``: one object per image
     at the single-object sizes, and 4x4-grid cells where one object covers >= 30% of the cell
-    and no other object more than 3%."""
+    and no other object more than 3%. ``min_background`` > 0 keeps only cells where at least
+    that share is background, i.e. cells that show part of the object's outline (a cell inside
+    a large object is one flat colour and names no shape)."""
     world = world or WorldSettings()
     size = world.image_size
     rng = np.random.default_rng([seed, 1])
@@ -323,7 +326,8 @@ def eval_sets(
                 continue
             top = int(counts.argmax())
             rest = np.delete(counts, top)
-            if counts[top] >= 0.3 and (rest.max(initial=0) <= 0.03):
+            outline = min_background <= 0 or 1.0 - counts.sum() >= min_background
+            if counts[top] >= 0.3 and rest.max(initial=0) <= 0.03 and outline:
                 cells.append(img[:, y0:y1, x0:x1])
                 yc.append(SHAPES.index(sc.objects[top].shape))
             if len(cells) >= n:

@@ -57,7 +57,12 @@ def test_mask_and_image_share_rasterisation():
     # object pixels carry the object's colour; neighbours of a one-object scene's boundary
     # outside the mask are background-coloured (no antialias halo)
     s = WorldSettings(
-        objects=(1, 1), noise_std=0.0, shading=0.0, colour_jitter=0.0, backgrounds=("flat",)
+        objects=(1, 1),
+        noise_std=0.0,
+        shading=0.0,
+        colour_jitter=0.0,
+        backgrounds=("flat",),
+        light_gradient=0.0,
     )
     for i in range(20):
         sc = render_scene(scene_rng(5, i), s)
@@ -72,6 +77,7 @@ def test_settings_are_real_knobs():
         image_size=96,
         objects=(3, 3),
         size_range=(0.2, 0.25),
+        size_holdout=None,
         backgrounds=("dots", "waves", "flat"),
         noise_std=0,
     )
@@ -132,3 +138,65 @@ def test_missing_masks_is_a_clear_error(tmp_path):
     (tmp_path / "masks" / "000001.png").unlink()
     with pytest.raises(BenchmarkLayoutError, match="000001"):
         read_benchmark(str(tmp_path))
+
+
+def test_training_world_is_broad_and_never_draws_what_generalisation_holds_out():
+    from zeroseg.data.shapes import (
+        COLOURS,
+        HELDOUT_BACKGROUNDS,
+        HELDOUT_COLOURS,
+        HELDOUT_SIZES,
+        TRAIN_BACKGROUNDS,
+        _object_size,
+        generalisation_world,
+    )
+
+    s = WorldSettings()
+    assert {"black", "white", "grey"} <= set(s.colours) and s.random_colours > 0
+    assert not set(s.colours) & set(HELDOUT_COLOURS)
+    assert not set(s.backgrounds) & set(HELDOUT_BACKGROUNDS) and len(TRAIN_BACKGROUNDS) >= 7
+    names, unnamed = set(), 0
+    for i in range(300):
+        for o in render_scene(scene_rng(9, i), s).objects:
+            if o.colour:
+                names.add(o.colour)
+            else:
+                unnamed += 1
+    assert not names & set(HELDOUT_COLOURS) and {"black", "white"} <= names and unnamed > 50
+    rng = np.random.default_rng(0)
+    sizes = np.array([_object_size(rng, s) for _ in range(5000)])
+    lo, hi = HELDOUT_SIZES
+    assert not ((sizes > lo) & (sizes < hi)).any()
+    assert sizes.min() < 0.14 and sizes.max() > 0.58  # the whole range outside the band
+    g = generalisation_world(96)
+    assert set(g.colours) == set(HELDOUT_COLOURS) and g.random_colours == 0
+    assert set(g.backgrounds) == set(HELDOUT_BACKGROUNDS) and g.size_range == HELDOUT_SIZES
+    for i in range(50):
+        sc = render_scene(scene_rng(4, i), g)
+        assert sc.image.shape == (96, 96, 3)
+        assert all(o.colour in HELDOUT_COLOURS for o in sc.objects)
+        for o in sc.objects:  # objects stand out from the background they cover
+            assert o.colour in COLOURS
+
+
+def test_objects_stand_out_from_their_background():
+    s = WorldSettings(noise_std=0.0, shading=0.0, objects=(1, 1), light_gradient=0.0)
+    for i in range(60):
+        sc = render_scene(scene_rng(6, i), s)
+        fg = sc.mask > 0
+        if not fg.any() or fg.all():
+            continue
+        gap = np.linalg.norm(
+            sc.image[fg].astype(float).mean(0) - sc.image[~fg].astype(float).mean(0)
+        )
+        assert gap > 20, (i, gap)
+
+
+def test_range_knobs_accept_numbers_and_refuse_bad_ranges():
+    assert WorldSettings(noise_std=3).noise_std == (3.0, 3.0)
+    with pytest.raises(ValueError, match="noise_std"):
+        WorldSettings(noise_std=(5, 1))
+    with pytest.raises(ValueError, match="size_holdout"):
+        WorldSettings(size_range=(0.3, 0.35), size_holdout=(0.2, 0.4))
+    with pytest.raises(ValueError, match="colours"):
+        WorldSettings(colours=("mauve",))
