@@ -184,7 +184,7 @@ def outline_cell_accuracy(weights: str, settings) -> dict[str, float]:
     for key, world in (("cell_outline", settings.world), ("gen_cell_outline", None)):
         world = world or generalisation_world(96)
         sets = eval_sets(world, settings.eval_n, min_background=0.1)
-        out[key] = zero_shot_accuracy(teacher, sets=sets)["cell"]
+        out[key] = round(zero_shot_accuracy(teacher, sets=sets)["cell"], 4)
     return out
 
 

@@ -425,6 +425,7 @@ def save_checkpoint(model: torch.nn.Module, out_path: str, metadata: dict | None
     os.close(fd)
     try:
         save_file(state, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the weights from other users
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -88,6 +88,9 @@ def test_packaged_working_dir_stays_under_rays_limit(tmp_path):
     assert "pipeline/cli.py" in names and "jobs/run_in1k.yaml" in names
     # top-level data/ is excluded, the library's data package is not
     assert "zeroseg/data/shapes.py" in names
+    # other weight files stay out, the teacher the package ships travels with the code
+    assert "zeroseg/assets/zeroseg-toyclip.safetensors" in names
+    assert "zeroseg/assets/zeroseg-toyclip.json" in names
     for name in names:
         top = name.split("/", 1)[0]
         assert top not in {".git", ".venv", "runs", "data"}, name
