@@ -9,7 +9,6 @@ reproduces them, or trains another recipe into ``teacher.cache_dir``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -17,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from zeroseg.config import Config
-from zeroseg.toy_assets import SHIPPED_RECORD, SHIPPED_WEIGHTS, TOY_MODEL
+from zeroseg.toy_assets import (
+    SHIPPED,
+    TOY_MODEL,
+    sha256_file,
+    shipped_record,
+    verified_shipped_weights,
+)
 
 from . import storage
 from .runner import code_version, fingerprint, now
-
-
-class ShippedTeacherError(RuntimeError):
-    """The packaged toy teacher is missing or is not the file its record describes."""
 
 
 def toy_settings(cfg: Config, stop_at: int | None = None):
@@ -41,32 +42,6 @@ def toy_settings(cfg: Config, stop_at: int | None = None):
 
 def _canonical(d: Any) -> Any:
     return json.loads(json.dumps(d, sort_keys=True))
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def shipped_record() -> dict[str, Any] | None:
-    """The packaged teacher's record (recipe, accuracies, curve, sha256), or None."""
-    if not SHIPPED_RECORD.is_file():
-        return None
-    return json.loads(SHIPPED_RECORD.read_text())
-
-
-def verified_shipped_weights(record: dict[str, Any]) -> str:
-    """Path of the packaged weights after checking them against their record: a damaged or
-    placeholder file (e.g. a Git LFS pointer) must never be used as the teacher."""
-    if not SHIPPED_WEIGHTS.is_file():
-        raise ShippedTeacherError(f"the packaged toy teacher {SHIPPED_WEIGHTS} is missing")
-    digest = _sha256(SHIPPED_WEIGHTS)
-    if digest != record["sha256"]:
-        raise ShippedTeacherError(
-            f"{SHIPPED_WEIGHTS} is not the shipped toy teacher (sha256 {digest[:12]}..., "
-            f"expected {record['sha256'][:12]}...); reinstall the package or rebuild it with "
-            "`zeroseg teacher-pretrain`"
-        )
-    return str(SHIPPED_WEIGHTS)
 
 
 def is_shipped_recipe(cfg: Config) -> bool:
@@ -127,7 +102,7 @@ def pretrain_toy_teacher(
         else os.path.join(tempfile.gettempdir(), f"zeroseg-toy-{os.getpid()}.safetensors")
     )
     result = toy_teacher.pretrain(local_ckpt, settings, progress=True, log=log)
-    digest = _sha256(Path(local_ckpt))
+    digest = sha256_file(Path(local_ckpt))
     if local_ckpt != ckpt:
         with open(local_ckpt, "rb") as f:
             storage.write_bytes(ckpt, f.read())
@@ -216,7 +191,8 @@ def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
     if cfg.teacher.model == TOY_MODEL:
         record = shipped_record()
         if record is not None and is_shipped_recipe(cfg):
-            return _info(record, verified_shipped_weights(record))
+            verified_shipped_weights(record)  # refuse a damaged asset before any work
+            return _info(record, SHIPPED)
         return pretrain_toy_teacher(cfg, log=log)
     raise ValueError(
         "teacher.pretrained is empty: give an open_clip pretrained tag, a local checkpoint or an "
@@ -228,9 +204,12 @@ def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
 def teacher_identity(teacher: dict[str, Any]) -> dict[str, Any]:
     """What of a teacher changes its embeddings: name, checkpoint and the file's identity."""
     pre = teacher["pretrained"]
-    if pre and Path(pre) == SHIPPED_WEIGHTS:  # the same file wherever the package is installed
-        record = shipped_record()
-        return {"model": teacher["model"], "pretrained": "shipped", "sha256": record["sha256"]}
+    if pre == SHIPPED:  # the same bytes wherever the package is installed
+        return {
+            "model": teacher["model"],
+            "pretrained": SHIPPED,
+            "sha256": shipped_record()["sha256"],
+        }
     ident = {"model": teacher["model"], "pretrained": pre}
     if pre and ("/" in pre or pre.endswith((".pt", ".bin", ".safetensors"))):
         try:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .toy_assets import SHIPPED, TOY_MODEL, verified_shipped_weights
 from .views import resize_views
 
 # Autocast dtypes of the image forward; fp32 runs without autocast. Half precision changes the
@@ -95,11 +96,18 @@ def load_teacher_model(
 ) -> tuple[torch.nn.Module, str | None]:
     """Build an open_clip model in eval mode; returns ``(model, weights_sha256 or None)``.
 
-    ``pretrained``: None (random init), a local file, an fsspec URL (copied to a temp file), or an
+    ``pretrained``: None (random init), a local file, an fsspec URL (copied to a temp file),
+    ``"shipped"`` (the toy teacher the package ships, checked against its record), or an
     open_clip pretrained tag (the only case that may download).
     """
     if model_name.startswith(PROJECT_PREFIX):
         register_model_configs()
+    if pretrained == SHIPPED:
+        if model_name != TOY_MODEL:
+            raise ValueError(
+                f"pretrained='shipped' names the {TOY_MODEL} weights, not {model_name}"
+            )
+        pretrained = verified_shipped_weights()
     local, digest, temporary = None, None, False
     if pretrained is not None:
         is_tag = "://" not in pretrained and not os.path.exists(pretrained)
