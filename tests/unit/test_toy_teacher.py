@@ -5,9 +5,9 @@ import open_clip
 import pytest
 import torch
 
-from zeroseg.toy_assets import SHIPPED_WEIGHTS, shipped_record, verified_shipped_weights
 from zeroseg.data.shapes import SHAPES, WorldSettings, generalisation_world, render_scene
 from zeroseg.teacher import Teacher
+from zeroseg.toy_assets import SHIPPED_WEIGHTS, shipped_record, verified_shipped_weights
 from zeroseg.toy_teacher import (
     MODEL_NAME,
     ToyTeacherSettings,
