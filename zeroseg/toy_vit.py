@@ -6,7 +6,7 @@ value-path trick and ZeroSeg distils crop embeddings). A toy teacher is only a f
 it shares that structure: patch tokens, self-attention, a class-token read-out through the
 final norm and a linear projection, and no pooling of per-location features. A from-scratch
 patch-8 ViT learns rotated shapes far too slowly on a few CPU cores, so the patch embedding is
-a convolutional stem (three stride-2 3x3 convolutions, as in hybrid ViTs): 64 px in, 8 x 8
+a convolutional stem (four 3x3 convolutions, three of stride 2, as in hybrid ViTs): 64 px in, 8 x 8
 tokens out. ``dynamic_img_size`` interpolates the position embeddings for other input sizes.
 
 Importing this module registers ``zeroseg_toyvit`` with timm; open_clip then builds it from the
@@ -26,7 +26,6 @@ from timm.models.vision_transformer_hybrid import ConvStem
 TIMM_NAME = "zeroseg_toyvit"
 STEM_CHANNELS = (32, 64, 64, 128)
 STEM_STRIDES = (2, 2, 1, 2)
-STEM = "convstem"
 
 
 def toy_vit(
@@ -38,18 +37,13 @@ def toy_vit(
     **kwargs,
 ) -> VisionTransformer:
     """A hybrid ViT: conv stem of total stride 8, class token, learned position embeddings."""
-    if STEM == "resnet":
-        import timm
-
-        stem = timm.create_model("test_resnet", features_only=True, out_indices=(2,))
-    else:
-        stem = ConvStem(
-            in_chans=3,
-            depth=len(STEM_CHANNELS),
-            channels=STEM_CHANNELS,
-            stride=STEM_STRIDES,
-            act_layer=torch.nn.GELU,
-        )
+    stem = ConvStem(
+        in_chans=3,
+        depth=len(STEM_CHANNELS),
+        channels=STEM_CHANNELS,
+        stride=STEM_STRIDES,
+        act_layer=torch.nn.GELU,
+    )
     kwargs.setdefault("dynamic_img_size", True)
     return VisionTransformer(
         img_size=img_size,
