@@ -44,8 +44,8 @@ def _canonical(d: Any) -> Any:
     return json.loads(json.dumps(d, sort_keys=True))
 
 
-def is_shipped_recipe(cfg: Config) -> bool:
-    record = shipped_record()
+def is_shipped_recipe(cfg: Config, record: dict[str, Any] | None = None) -> bool:
+    record = record or shipped_record()
     return record is not None and _canonical(toy_settings(cfg).recipe()) == record["recipe"]
 
 
@@ -103,12 +103,13 @@ def pretrain_toy_teacher(
     )
     result = toy_teacher.pretrain(local_ckpt, settings, progress=True, log=log)
     digest = sha256_file(Path(local_ckpt))
+    outline = outline_cell_accuracy(local_ckpt, settings)  # on the local file, before upload
     if local_ckpt != ckpt:
         with open(local_ckpt, "rb") as f:
             storage.write_bytes(ckpt, f.read())
         os.remove(local_ckpt)
     accuracy = {k: float(result[k]) for k in ("single", "cell", "gen_single", "gen_cell")}
-    accuracy.update(outline_cell_accuracy(local_ckpt if local_ckpt == ckpt else ckpt, settings))
+    accuracy.update(outline)
     info = {
         "model": TOY_MODEL,
         "pretrained": ckpt,
@@ -190,7 +191,7 @@ def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
         return {"model": cfg.teacher.model, "pretrained": cfg.teacher.pretrained}
     if cfg.teacher.model == TOY_MODEL:
         record = shipped_record()
-        if record is not None and is_shipped_recipe(cfg):
+        if record is not None and is_shipped_recipe(cfg, record):
             verified_shipped_weights(record)  # refuse a damaged asset before any work
             return _info(record, SHIPPED)
         return pretrain_toy_teacher(cfg, log=log)
