@@ -39,7 +39,7 @@ emit = emitter("extract")
 
 def startup_seconds(stage: str, markers: list[dict]) -> float:
     """From the stage's start (run.json) to the first shard's start: actor pool start-up."""
-    from pipeline import storage
+    from zeroseg import storage
 
     info = storage.read_json(storage.join(stage, "run.json"))
     return min(k["started_unix"] for k in markers) - info["started_unix"]
@@ -100,7 +100,7 @@ def main() -> None:
 
     import torch
 
-    from pipeline import storage
+    from zeroseg import storage
     from zeroseg.data.shapes import WorldSettings, write_split
     from zeroseg.teacher import Teacher
     from zeroseg.views import cut_views, num_views

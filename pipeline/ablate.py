@@ -13,9 +13,9 @@ import json
 import time
 from typing import Any
 
+from zeroseg import storage
 from zeroseg.config import Config, ConfigError, config_to_dict, load_config
 
-from . import storage
 from .runner import code_version, now, write_run_info
 
 # Config sections a variant may change: anything else could change the cache or the data.

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
+from zeroseg import storage
+
 from .runner import StageDir
 
 CACHE_VERSION = 1

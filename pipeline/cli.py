@@ -512,7 +512,8 @@ def upstream_command(args, stage: str) -> str:
 
 def _require_finished(uri: str, what: str, command: str) -> None:
     """An upstream stage folder must carry ``_SUCCESS``; else say what to run first."""
-    from . import storage
+    from zeroseg import storage
+
     from .runner import StageDir
 
     if not StageDir(uri).succeeded():
@@ -524,7 +525,8 @@ def _require_finished(uri: str, what: str, command: str) -> None:
 
 def _require_final(final: str, command: str) -> None:
     """A checkpoint folder must hold the final weights and their config."""
-    from . import storage
+    from zeroseg import storage
+
     from .train import WEIGHTS
 
     for name in (WEIGHTS, "config.json"):
@@ -537,7 +539,8 @@ def _require_final(final: str, command: str) -> None:
 
 def _finished_cache(cfg, command: str = "zeroseg extract") -> str:
     """The cache this config's extract stage produces; an actionable error if missing."""
-    from . import storage
+    from zeroseg import storage
+
     from .extract import extract_fingerprint, stage_uri
     from .inputs import plan_inputs
     from .runner import StageDir
@@ -557,7 +560,8 @@ def _finished_final(
     cfg, extract_command: str = "zeroseg extract", train_command: str = "zeroseg train"
 ) -> str:
     """The final/ folder this config's train stage produces; names what to run when missing."""
-    from . import storage
+    from zeroseg import storage
+
     from .cache import CacheReader
     from .train import FINAL, WEIGHTS, run_dir
 

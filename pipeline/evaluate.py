@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from zeroseg import storage
 from zeroseg.config import Config, ConfigError, config_to_dict, eval_benchmarks
 
-from . import storage
 from .runner import StageDir, code_version, fingerprint, now, write_run_info
 
 # 3: the dense_raw baseline and the generalisation split (parts of version 2 lack them)

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from zeroseg import storage
 from zeroseg.config import Config, actor_range, config_to_dict
 
-from . import storage
 from .cache import CACHE_VERSION, ZARR_NAME, CacheLayout, create_arrays, write_shard
 from .inputs import PLAN_TABLE, InputPlan, PlanTable, plan_inputs, read_input, write_plan_table
 from .runner import (

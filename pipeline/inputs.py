@@ -22,7 +22,7 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import storage
+from zeroseg import storage
 
 LIST_SUFFIXES = (".txt", ".lst")
 PARQUET_SUFFIX = ".parquet"

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import uuid
 
+from zeroseg import storage
 from zeroseg.config import Config
-
-from . import storage
 
 
 class PreflightError(RuntimeError):

@@ -6,9 +6,9 @@ import json
 import time
 from typing import Any
 
+from zeroseg import storage
 from zeroseg.config import Config, config_to_dict
 
-from . import storage
 from .runner import SUCCESS, code_version, write_run_info
 
 

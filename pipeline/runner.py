@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import zeroseg
-
-from . import storage
+from zeroseg import storage
 
 SUCCESS = "_SUCCESS"
 

@@ -14,7 +14,7 @@ from collections import Counter
 
 import numpy as np
 
-from . import storage
+from zeroseg import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from . import storage
+from zeroseg import storage
+
 from .extract import FAILED_DIR, RUN_INFO, failed_shards
 from .runner import StageDir
 

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from zeroseg import storage
 from zeroseg.config import Config
 from zeroseg.toy_assets import (
     SHIPPED,
@@ -24,7 +25,6 @@ from zeroseg.toy_assets import (
     verified_shipped_weights,
 )
 
-from . import storage
 from .runner import code_version, fingerprint, now
 
 

@@ -16,9 +16,9 @@ import tempfile
 import time
 from typing import Any
 
+from zeroseg import storage
 from zeroseg.config import Config, config_to_dict
 
-from . import storage
 from .cache import CacheReader
 from .runner import code_version, fingerprint, now, write_run_info
 

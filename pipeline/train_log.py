@@ -13,7 +13,7 @@ import os
 import tempfile
 from typing import Any
 
-from . import storage
+from zeroseg import storage
 
 METRICS = "metrics.jsonl"
 TENSORBOARD = "tensorboard"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import storage
 from pipeline.cache import ZARR_NAME, CacheLayout, create_arrays, write_shard
 from pipeline.runner import StageDir
+from zeroseg import storage
 
 LEVELS = [1, 2, 3, 4]
 

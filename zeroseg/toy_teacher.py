@@ -21,18 +21,16 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
 
+from zeroseg import storage
 from zeroseg.data.shapes import (
     COLOURS,
     SHAPES,
@@ -417,36 +415,12 @@ def shipped_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(model: torch.nn.Module, out_path: str, metadata: dict | None = None) -> None:
-    """Write the rounded weights as safetensors to a temp file, then rename (local) or
-    upload (fsspec URL). ``metadata`` (str -> str) goes into the safetensors header."""
-    from safetensors.torch import save_file
+    """Write the rounded weights as safetensors through :func:`zeroseg.storage.write_bytes`, so a
+    reader never sees half a checkpoint on a local disk or an object store. ``metadata``
+    (str -> str) goes into the safetensors header."""
+    from safetensors.torch import save
 
-    state = shipped_state_dict(model)
-    if "://" in out_path and not out_path.startswith("file://"):
-        import fsspec
-
-        fd, tmp = tempfile.mkstemp(suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(state, tmp, metadata=metadata)
-            fs, path = fsspec.core.url_to_fs(out_path)
-            fs.put_file(tmp, path + ".partial")
-            fs.mv(path + ".partial", path)
-        finally:
-            os.unlink(tmp)
-        return
-    path = Path(out_path.removeprefix("file://"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep the weights from other users
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    storage.write_bytes(out_path, save(shipped_state_dict(model), metadata=metadata))
 
 
 def _round_like_shipped(model: torch.nn.Module) -> None:

@@ -13,10 +13,10 @@ import pytest
 import zarr
 from PIL import Image
 
-from pipeline import storage
 from pipeline.cli import main
 from pipeline.run import ensure_world, run_all
 from tests.conftest import tiny_overrides
+from zeroseg import storage
 from zeroseg.config import load_config
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ import os
 import numpy as np
 import pytest
 
-from pipeline import storage
 from pipeline.evaluate import GENERALISATION, finalize_eval, plan_splits
 from pipeline.run import ensure_world, format_table, summarize
 from pipeline.runner import StageDir
+from zeroseg import storage
 from zeroseg.config import load_config
 from zeroseg.predict import BASELINES, METHODS
 from zeroseg.report import render_report

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline import storage
 from pipeline.inputs import input_kind, plan_inputs, read_input, split_member
+from zeroseg import storage
 
 
 def _png(seed: int, size: int = 20) -> bytes:

@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from pipeline import storage
 from pipeline.runner import StageDir, fingerprint, pending_units
+from zeroseg import storage
 
 
 def test_fingerprint_is_stable_and_order_free():
