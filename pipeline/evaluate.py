@@ -118,44 +118,29 @@ class Scorer:
         device: str = "cpu",
     ):
         from zeroseg.predict import text_embeddings
-        from zeroseg.teacher import Teacher
+        from zeroseg.segmenter import load_segmenter
 
-        from .train import load_student
-
-        self.student, self.info = load_student(final_uri)
-        self.student.to(device)
-        t = self.info["teacher"]
-        self.teacher = Teacher(
-            t["model"],
-            t["pretrained"] or None,
-            normalize=self.info.get("teacher_normalize", True),
+        pinned = proto["pinned"]
+        # the same segmenter as `zeroseg segment` and user code, at the protocol's sizes
+        self.segmenter = load_segmenter(
+            final_uri,
             device=device,
+            templates=proto["templates"],
+            size=int(pinned["short_side"]),
+            window=int(pinned["window"]),
+            stride=int(pinned["stride"]),
+            readout=proto.get("student_readout", "segments"),
+            dense_input_size=proto["dense_input_size"],
+            prob_scale=proto["prob_scale"],
         )
+        self.student, self.teacher = self.segmenter.student, self.segmenter.teacher
+        self.info = self.segmenter.run_config
         # class_names[0] is the benchmark's background; the background prompt takes its place.
         self.text = text_embeddings(self.teacher, class_names[1:], proto["templates"])
-        pinned = proto["pinned"]
-        self.size = int(pinned["short_side"])
-        self.window, self.stride = int(pinned["window"]), int(pinned["stride"])
-        self.crop_size = int(self.info["views"]["crop_size"])
-        self.dense_input_size = proto["dense_input_size"]
-        self.readout = proto.get("student_readout", "segments")
 
     def cosines(self, method: str, image: np.ndarray):
-        from zeroseg.predict import method_cosines
-
-        cos = method_cosines(
-            method,
-            image,
-            self.text,
-            student=self.student,
-            teacher=self.teacher,
-            size=self.size,
-            dense_input_size=self.dense_input_size,
-            window=self.window,
-            stride=self.stride,
-            readout=self.readout,
-        )
-        return None if cos is None else cos.cpu()
+        """``(1 + C, H, W)`` cosines of one method on the CPU (None for ``all_background``)."""
+        return self.segmenter.cosines(image, self.text, method=method)
 
 
 def task_device(gpus: float) -> str:

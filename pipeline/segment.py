@@ -83,40 +83,23 @@ def segment_images(
     """Overlay PNG (and optionally label maps) per image; bad images are recorded and skipped,
     the batch goes on. Returns 1 when any image failed, else 0. ``readout`` "auto" reads out
     through segments and per-patch projections when the student has them."""
-    import torch
     from tqdm import tqdm
 
     from zeroseg.images import BadImage, decode_image
     from zeroseg.overlay import panel
-    from zeroseg.predict import apply_rule, parse_rule, student_cosines, text_embeddings
-    from zeroseg.teacher import Teacher
-
-    from .train import load_student
+    from zeroseg.predict import parse_rule
+    from zeroseg.segmenter import load_segmenter, resolve_device
 
     names = parse_classes(classes, classes_file)
     if len(names) > 254:
         raise ValueError(f"{len(names)} classes: label maps hold at most 254")
     parse_rule(background)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no GPU is visible to torch")
+    device = resolve_device(device)
     uris = expand_inputs(images)
     if not uris:
         raise FileNotFoundError(f"no images found in {images}")
-    student, info = load_student(checkpoint)
-    student.to(device)
-    if readout == "auto":
-        readout = "segments+patches" if student.patch_proj is not None else "segments"
-    t = info["teacher"]
-    teacher = Teacher(
-        t["model"],
-        t["pretrained"] or None,
-        normalize=info.get("teacher_normalize", True),
-        device=device,
-    )
-    text = text_embeddings(teacher, names, info.get("templates") or ["a photo of a {}."])
-    size = int(info["views"]["crop_size"])
+    seg = load_segmenter(checkpoint, device=device, background=background, readout=readout)
+    seg.text_embeddings(names)  # once, before the first image
     storage.makedirs(out_dir)
     failures: dict[str, str] = {}
     for uri in tqdm(uris, desc="segment", unit="img"):
@@ -131,8 +114,7 @@ def segment_images(
             failures[uri] = type(exc).__name__
             tqdm.write(f"zeroseg segment: skipping {uri}: {exc}")
             continue
-        cos = student_cosines(student, image, text, size, readout=readout).cpu()
-        labels = apply_rule(cos, background, image.shape[:2])
+        labels = seg.segment(image, names)
         buf = io.BytesIO()
         scale = max(1, 256 // max(image.shape[:2]))
         panel(image, [("segments", labels)], ["background", *names], scale=scale).save(buf, "PNG")

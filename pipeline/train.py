@@ -17,14 +17,11 @@ import time
 from typing import Any
 
 from zeroseg import storage
+from zeroseg.checkpoint import CONFIG, FINAL, WEIGHTS
 from zeroseg.config import Config, config_to_dict
 
 from .cache import CacheReader
 from .runner import code_version, fingerprint, now, write_run_info
-
-FINAL = "final"
-WEIGHTS = "model.safetensors"
-
 
 # Operational keys: they decide where, how fast and how safely training runs, not the weights.
 OPERATIONAL_KEYS = (
@@ -534,7 +531,7 @@ def export_final(
         storage.join(final_uri, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history)
     )
     storage.write_json(
-        storage.join(final_uri, "config.json"),
+        storage.join(final_uri, CONFIG),
         {
             "student": student,
             "embed_dim": embed_dim,
@@ -592,21 +589,3 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
     fig.savefig(buf, format="png")
     plt.close(fig)
     return buf.getvalue()
-
-
-def load_student(final_uri: str):
-    """(student model in eval mode, its config dict) from a ``final/`` folder or its weights."""
-    import torch
-    from safetensors.torch import load as st_load
-
-    from zeroseg.models import build_student
-
-    if final_uri.endswith(WEIGHTS):
-        final_uri = final_uri[: -len(WEIGHTS)].rstrip("/")
-    cfg = storage.read_json(storage.join(final_uri, "config.json"))
-    model = build_student(cfg["student"], embed_dim=cfg["embed_dim"])
-    model.load_state_dict(st_load(storage.read_bytes(storage.join(final_uri, WEIGHTS))))
-    if cfg.get("target_center") is not None:
-        model.set_target_center(torch.tensor(cfg["target_center"]))
-    model.eval()
-    return model, cfg

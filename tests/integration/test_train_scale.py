@@ -16,10 +16,12 @@ import pytest
 import s3fs
 import torch
 
-from pipeline.train import load_student, run_train
+from pipeline.train import run_train
 from tests.processes import pid_alive
 from tests.synthetic_cache import write_cache
+from zeroseg.checkpoint import read_final_config
 from zeroseg.config import load_config
+from zeroseg.models import create_student
 
 pytestmark = pytest.mark.integration
 ZEROSEG = os.path.join(os.path.dirname(sys.executable), "zeroseg")
@@ -80,7 +82,7 @@ def test_two_identical_runs_give_identical_weights(ray_local, cache, tmp_path):
     a, b = (open(os.path.join(f, "model.safetensors"), "rb").read() for f in finals)
     assert a == b
     # the centre goes with the weights, and the loaded student reads its patches out through it
-    student, saved = load_student(finals[0])
+    student, saved = create_student(pretrained=finals[0]), read_final_config(finals[0])
     assert len(saved["target_center"]) == saved["embed_dim"]
     assert torch.allclose(student.target_center, torch.tensor(saved["target_center"]))
     rows = _history(finals[0])

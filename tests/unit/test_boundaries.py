@@ -1,7 +1,9 @@
 """The library stays usable without Ray; config errors surface before any cluster work."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 CHECK_NO_RAY = """
 import importlib, pkgutil, sys
@@ -9,14 +11,34 @@ import zeroseg
 for m in pkgutil.walk_packages(zeroseg.__path__, "zeroseg."):
     importlib.import_module(m.name)
 assert "ray" not in sys.modules, sorted(k for k in sys.modules if k.startswith("ray"))
+assert "pipeline" not in sys.modules, sorted(k for k in sys.modules if k.startswith("pipeline"))
 print("ok")
 """
+LIBRARY = Path(__file__).resolve().parents[2] / "zeroseg"
+FORBIDDEN = ("ray", "pipeline")
 
 
 def test_library_never_imports_ray():
     out = subprocess.run([sys.executable, "-c", CHECK_NO_RAY], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_no_library_source_names_ray_or_pipeline():
+    """Importing every module misses imports inside functions; the source shows them all."""
+    offenders = []
+    for path in sorted(LIBRARY.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in FORBIDDEN:
+                    offenders.append(f"{path.relative_to(LIBRARY.parent)}:{node.lineno} {name}")
+    assert not offenders, offenders
 
 
 def test_config_errors_fail_before_ray_starts():
