@@ -2,10 +2,11 @@
 
 The dry run counts the step's FLOPs and saved activations on the meta device and turns them
 into seconds with an assumed accelerator (an A100 at 40% utilisation) and into memory with a
-simple sum. Here the same config's student runs real steps (forward, the distillation losses,
-backward, clipping, AdamW) on random inputs and targets at the per-worker micro-batch, on this
-machine's GPU with the config's precision (bf16 autocast by default on a GPU), so the estimate
-can be checked:
+simple sum. Here the same config's student runs real steps (``zeroseg.train_step.train_step``,
+the workers' own: forward, the distillation losses, backward, clipping as ``train.grad_clip``
+says, AdamW at the schedule's peak lr) on random inputs and targets at the per-worker
+micro-batch, on this machine's GPU with the config's precision (bf16 autocast by default on a
+GPU), so the estimate can be checked:
 
 - ``student_step_s``: measured seconds per step (median of the timed steps);
 - ``measured_tflops``: the counted step FLOPs over that time, and ``mfu`` against ``--peak``;
@@ -48,11 +49,11 @@ def main() -> None:
 
     import torch
 
-    from pipeline.train import loss_weights, student_config, teacher_embed_dim
+    from pipeline.train import student_config, teacher_embed_dim
     from pipeline.train_plan import estimate
     from zeroseg.config import load_config
-    from zeroseg.losses import distill_loss
     from zeroseg.models import build_student
+    from zeroseg.train_step import StepBatch, make_optimizer, step_settings, train_step
     from zeroseg.views import num_views
 
     gpu = torch.cuda.is_available()
@@ -72,39 +73,45 @@ def main() -> None:
     if gpu:
         machine = f"{platform.machine()} {os.cpu_count()} cores, {torch.cuda.get_device_name()}"
 
+    # The run's own schedule; the steps are taken right after its warm-up, at the peak lr.
+    warmup = plan["steps_per_epoch"] * cfg.train.warmup_epochs
+    settings = step_settings(
+        cfg.train,
+        cfg.views.levels,
+        global_batch=args.micro_batch,
+        total_steps=max(plan["total_steps"], warmup + args.steps + 3),
+        warmup_steps=warmup,
+        gpu=gpu,
+    )
+    autocast = settings.autocast
     torch.manual_seed(0)
     student = student_config(cfg)
     model = build_student(student, embed_dim=embed_dim).to(device).train()
-    opt = torch.optim.AdamW(model.param_groups(cfg.train.weight_decay), lr=1e-4)
-    levels = list(cfg.train.view_levels or cfg.views.levels)
-    weights = loss_weights(cfg)
+    opt = make_optimizer(model, settings)
     size = int(student["image_size"])
     x = torch.rand(args.micro_batch, 3, size, size, device=device)
     views = torch.nn.functional.normalize(
-        torch.randn(args.micro_batch, num_views(levels), embed_dim, device=device), dim=-1
+        torch.randn(args.micro_batch, num_views(settings.levels), embed_dim, device=device), dim=-1
     )
     center = views.mean((0, 1)) if cfg.train.center_targets else None
-    autocast = gpu and cfg.train.precision == "bf16"
     gen = torch.Generator().manual_seed(0)
+    steps_taken = [warmup]
 
     def step() -> dict[str, float]:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x, mask_ratio=cfg.train.mask_ratio, generator=gen)
-            total, terms = distill_loss(
-                out,
-                views,
-                weights,
-                levels=levels,
-                dense_levels=(max(levels),),
-                target_center=center,
-                multiscale_views=cfg.train.multiscale_views,
-                images=x,
-            )
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or 1.0)
-        opt.step()
-        return {"total": total.item(), **{k: v.item() for k, v in terms.items()}}
+        """The workers' step (zeroseg.train_step), so the clipping, AdamW and schedule of
+        ``train.*`` are what is timed."""
+        result = train_step(
+            model,
+            StepBatch(x, views),
+            opt,
+            steps_taken[0],
+            settings,
+            generator=gen,
+            target_center=center,
+        )
+        steps_taken[0] += 1
+        losses = result.losses()
+        return {"total": losses.pop("loss"), **{k[5:]: v for k, v in losses.items()}}
 
     for _ in range(3):  # warm-up: kernels, allocator
         first = step()

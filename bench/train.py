@@ -18,9 +18,10 @@
 - ``workers_2_vs_1``: samples/s of the real train stage (Ray Train, DDP) with 2 workers of 1 CPU
   over 1 worker of 1 CPU, the same global batch.
 
-Same student (the demo's), same device, same thread count on both sides. Speed does not depend
-on what the teacher learned, so the toy teacher has random weights and the cache holds random
-embeddings: nothing is downloaded or trained first.
+Same student (the demo's), same step (the train stage's own, ``zeroseg.train_step``), same
+device, same thread count on both sides. Speed does not depend on what the teacher learned, so
+the toy teacher has random weights and the cache holds random embeddings: nothing is downloaded
+or trained first.
 Prints one JSON line per measure: {"bench", "measure", "value", "goal", "unit", ...}.
 Usage: python bench/train.py [--images 128] [--batch 32] [--steps 8]
 """
@@ -68,13 +69,13 @@ def main() -> None:
 
     from pipeline.cache import CacheReader
     from pipeline.cache_stream import StreamSource
-    from pipeline.train import loss_weights, student_config
+    from pipeline.train import student_config
     from tests.synthetic_cache import LEVELS, write_cache
     from zeroseg.config import load_config
-    from zeroseg.losses import distill_loss
     from zeroseg.models import build_student
     from zeroseg.teacher import Teacher
     from zeroseg.toy_teacher import MODEL_NAME
+    from zeroseg.train_step import StepBatch, make_optimizer, step_settings, train_step
     from zeroseg.views import cut_views
 
     vit_teacher = "zeroseg-toyclip-vit"
@@ -84,7 +85,15 @@ def main() -> None:
     torch.set_num_threads(cpus)
     machine = f"{platform.machine()} {cpus} cores, no GPU, torch {torch.__version__}"
     cfg = load_config("jobs/demo.yaml", STUDENT)
-    weights = loss_weights(cfg)
+
+    def settings_of(c):
+        """The train stage's step recipe of config ``c``; the lr schedule is long enough that
+        no bench step reaches its end."""
+        return step_settings(
+            c.train, LEVELS, global_batch=args.batch, total_steps=10**6, warmup_steps=0, gpu=False
+        )
+
+    settings = settings_of(cfg)
     teachers = {name: Teacher(name, None) for name in (vit_teacher, cnn_teacher)}
     for t in teachers.values():
         t.model.eval()
@@ -100,18 +109,10 @@ def main() -> None:
         def fresh_student():
             torch.manual_seed(0)
             model = build_student(student_config(cfg), embed_dim=teacher.embed_dim)
-            opt = torch.optim.AdamW(model.param_groups(cfg.train.weight_decay), lr=1e-3)
-            return model, opt
+            return model, make_optimizer(model, settings)
 
         def student_step(model, opt, x, views, gen) -> None:
-            out = model(x, mask_ratio=cfg.train.mask_ratio, generator=gen)
-            total, _ = distill_loss(
-                out, views, weights, levels=LEVELS, dense_levels=(4,), target_center=None
-            )
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            train_step(model, StepBatch(x, views), opt, 0, settings, generator=gen)
 
         def to_x(px):
             return torch.from_numpy(px).permute(0, 3, 1, 2).float().div_(255.0)
@@ -195,13 +196,13 @@ def main() -> None:
         # The demo's own student embeds patches with a frozen copy of the teacher's tower; the
         # train stage computes those features once per image instead of every step.
         demo = load_config("jobs/demo.yaml")
-        demo_weights = loss_weights(demo)
+        demo_settings = settings_of(demo)
         emb_all = torch.from_numpy(reader.load_all()[1]).float()
 
         def run_stem(precomputed: bool) -> tuple[float, float]:
             torch.manual_seed(0)
             model = build_student(student_config(demo), embed_dim=teacher.embed_dim).train()
-            opt = torch.optim.AdamW(model.param_groups(demo.train.weight_decay), lr=1e-3)
+            opt = make_optimizer(model, demo_settings)
             gen = torch.Generator().manual_seed(0)
             center = torch.nn.functional.normalize(torch.ones(teacher.embed_dim), dim=0) * 0.5
             x_all = to_x(px_all)
@@ -215,25 +216,9 @@ def main() -> None:
 
             def step(k: int) -> None:
                 sl = slice((k % n) * args.batch, (k % n + 1) * args.batch)
-                x, views = x_all[sl], emb_all[sl]
-                out = model(
-                    x,
-                    mask_ratio=0.0,
-                    generator=gen,
-                    stem_features=None if bank is None else bank[sl],
-                )
-                total, _ = distill_loss(
-                    out,
-                    views,
-                    demo_weights,
-                    levels=LEVELS,
-                    dense_levels=(4,),
-                    target_center=center,
-                    images=x,
-                )
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
+                stem = None if bank is None else bank[sl]
+                batch = StepBatch(x_all[sl], emb_all[sl], stem)
+                train_step(model, batch, opt, k, demo_settings, generator=gen, target_center=center)
 
             for k in range(2):
                 step(k)

@@ -10,15 +10,16 @@ weights land in ``<run>/final/`` as safetensors plus a JSON config.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from zeroseg import storage
 from zeroseg.checkpoint import CONFIG, FINAL, WEIGHTS
-from zeroseg.config import Config, config_to_dict
+from zeroseg.config import Config, TrainConfig, config_to_dict
+from zeroseg.train_step import LOSS_TERMS
 
 from .cache import CacheReader
 from .runner import code_version, fingerprint, now, write_run_info
@@ -76,27 +77,6 @@ def student_config(cfg: Config) -> dict[str, Any]:
     return merged
 
 
-LOSS_TERMS = ("multiscale", "matching", "recon", "dense", "patch", "affinity")
-
-
-def loss_weights(cfg: Config) -> dict[str, float]:
-    """``train.w_<term>`` of every loss term, as ``distill_loss`` takes them."""
-    return {k: getattr(cfg.train, f"w_{k}") for k in LOSS_TERMS}
-
-
-def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    if warmup > 0 and step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def peak_lr(lr: float, scaling: str, global_batch: int) -> float:
-    """The schedule's peak rate: ``lr`` itself, or MAE's ``lr * global_batch / 256``."""
-    return lr * global_batch / 256 if scaling == "mae" else lr
-
-
 def _all_reduce_sum(values, device):
     """Sum a float64 tensor over ranks (no-op on one process)."""
     import torch.distributed as dist
@@ -120,8 +100,62 @@ def _rank0_decides(flag: bool, device) -> bool:
     return flag
 
 
-def _train_loop(loop: dict[str, Any]) -> None:
-    """Runs inside every Ray Train worker."""
+@dataclass
+class TrainLoopConfig:
+    """What every Ray Train worker needs, built once by :func:`run_train`. Ray Train carries
+    ``train_loop_config`` as a dict, so it crosses as :meth:`to_dict` / :meth:`from_dict` (plain
+    values: the run's recorded parameters stay readable)."""
+
+    cache: str  # the teacher cache's URI
+    run_uri: str
+    train: TrainConfig
+    student: dict[str, Any]  # the student's model config (preset merged with overrides)
+    embed_dim: int
+    teacher_model: str  # the cache's teacher, whose tower a teacher stem copies
+    teacher_pretrained: str
+    levels: list[int]  # the cache's grid levels, in its view layout
+    expected: dict[str, Any]  # the manifest fields the cache must match
+    reader: str  # "memory" or "stream"
+    threads: int  # torch threads per worker
+
+    @classmethod
+    def build(
+        cls,
+        cfg: Config,
+        cache_uri: str,
+        run_uri: str,
+        manifest: dict[str, Any],
+        student: dict[str, Any],
+        reader: str,
+    ) -> TrainLoopConfig:
+        """The workers' config for training ``student`` on the cache ``manifest`` describes."""
+        from .cache_stream import expected_manifest
+
+        embed_dim = int(manifest["teacher"]["embed_dim"])
+        return cls(
+            cache=cache_uri,
+            run_uri=run_uri,
+            train=TrainConfig(**config_to_dict(cfg)["train"]),
+            student=student,
+            embed_dim=embed_dim,
+            teacher_model=manifest["teacher"]["model"],
+            teacher_pretrained=manifest["teacher"]["pretrained"],
+            levels=list(manifest["levels"]),
+            expected=expected_manifest(cfg, embed_dim),
+            reader=reader,
+            threads=max(1, int(cfg.train.cpus_per_worker)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainLoopConfig:
+        return cls(**{**d, "train": TrainConfig(**d["train"])})
+
+
+def _train_loop(config: dict[str, Any]) -> None:
+    """Runs inside every Ray Train worker; ``config`` is a :class:`TrainLoopConfig` dict."""
     import socket
 
     import numpy as np
@@ -129,46 +163,52 @@ def _train_loop(loop: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
-    from zeroseg.losses import distill_loss, target_center, view_indices
+    from zeroseg.losses import target_center, view_indices
     from zeroseg.models import build_student
+    from zeroseg.train_step import StepBatch, make_optimizer, step_settings, train_step
 
     from .cache_stream import check_manifest, make_source, partial_center_sum
     from .train_log import MetricsLog
 
+    loop = TrainLoopConfig.from_dict(config)
+    tc = loop.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    torch.set_num_threads(max(1, int(loop["threads"])))
-    device = get_device() if loop["use_gpu"] else torch.device("cpu")
-    tc = loop["train"]
-    torch.manual_seed(tc["seed"] + rank)
-    reader = CacheReader(loop["cache"])
-    check_manifest(reader.manifest, loop["expected"], loop["cache"])
+    torch.set_num_threads(max(1, int(loop.threads)))
+    device = get_device() if tc.use_gpu else torch.device("cpu")
+    torch.manual_seed(tc.seed + rank)
+    reader = CacheReader(loop.cache)
+    check_manifest(reader.manifest, loop.expected, loop.cache)
     source = make_source(
-        loop["reader"],
+        loop.reader,
         reader,
         rank,
         world,
-        tc["batch_size"],
-        tc["seed"],
-        tc["shuffle_buffer"],
-        tc["prefetch_batches"],
+        tc.batch_size,
+        tc.seed,
+        tc.shuffle_buffer,
+        tc.prefetch_batches,
     )
-    levels = list(tc["view_levels"] or loop["levels"])
-    view_idx = None
-    if levels != list(loop["levels"]):
-        view_idx = view_indices(loop["levels"], levels)
     batch, steps_per_epoch = source.batch, source.steps_per_epoch
-    total_steps = steps_per_epoch * tc["epochs"]
-    if tc["max_steps"]:
-        total_steps = min(total_steps, tc["max_steps"])
-    warmup = steps_per_epoch * tc["warmup_epochs"]
+    total_steps = steps_per_epoch * tc.epochs
+    if tc.max_steps:
+        total_steps = min(total_steps, tc.max_steps)
+    settings = step_settings(
+        tc,
+        loop.levels,
+        global_batch=batch * world,
+        total_steps=total_steps,
+        warmup_steps=steps_per_epoch * tc.warmup_epochs,
+        gpu=tc.use_gpu,
+    )
+    view_idx = None
+    if list(settings.levels) != list(loop.levels):
+        view_idx = view_indices(loop.levels, settings.levels)
 
-    model = build_student(loop["student"], embed_dim=loop["embed_dim"])
+    model = build_student(loop.student, embed_dim=loop.embed_dim)
     if model.cfg.stem == "teacher":  # a frozen copy of the trained teacher tower
-        model.patch_embed.load_teacher(loop["teacher"]["model"], loop["teacher"]["pretrained"])
-    base_lr = peak_lr(tc["lr"], tc["lr_scaling"], batch * world)
-    # Biases, norms, learnable tokens and the assignment query/key are not decayed.
-    opt = torch.optim.AdamW(model.param_groups(tc["weight_decay"]), lr=base_lr, betas=(0.9, 0.95))
+        model.patch_embed.load_teacher(loop.teacher_model, loop.teacher_pretrained)
+    opt = make_optimizer(model, settings)
     step, history, center = 0, [], None
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
@@ -184,7 +224,7 @@ def _train_loop(loop: dict[str, Any]) -> None:
             print(f"[train] resumed from checkpoint at step {step}")
     resumed_from = step
     storage.write_json(
-        storage.join(loop["run_uri"], "workers", f"rank-{rank}.json"),
+        storage.join(loop.run_uri, "workers", f"rank-{rank}.json"),
         {
             "rank": rank,
             "world": world,
@@ -196,11 +236,10 @@ def _train_loop(loop: dict[str, Any]) -> None:
             "started_at": now(),
         },
     )
-    weights = {k: tc[f"w_{k}"] for k in LOSS_TERMS}
     # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.
-    unused = tc["mask_ratio"] == 0 or len(levels) == 1 or any(v == 0 for v in weights.values())
+    unused = settings.leaves_unused_parameters
     model = prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
-    if tc["center_targets"] and center is None:
+    if tc.center_targets and center is None:
         # The same centre on every rank: the mean over every cached image, not a worker's slice.
         if source.kind == "memory":
             emb = source.embeddings if view_idx is None else source.embeddings[:, view_idx]
@@ -212,9 +251,8 @@ def _train_loop(loop: dict[str, Any]) -> None:
     center_dev = center.to(device) if center is not None else None
     raw_model = model.module if hasattr(model, "module") else model
     stem_bank = stem_feature_bank(raw_model, source, device, log=print if rank == 0 else None)
-    gen = torch.Generator().manual_seed(tc["seed"] * 1000 + rank)
-    autocast = loop["use_gpu"] and tc["precision"] == "bf16"
-    metrics_log = MetricsLog(loop["run_uri"], enabled=rank == 0)
+    gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)
+    metrics_log = MetricsLog(loop.run_uri, enabled=rank == 0)
 
     def save(final: bool) -> None:
         metrics = history[-1] if history else {"step": step}
@@ -250,25 +288,15 @@ def _train_loop(loop: dict[str, Any]) -> None:
         x = x.to(device, non_blocking=True)
         views = views.to(device, non_blocking=True)
         t1 = time.perf_counter()
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, total_steps, warmup, base_lr)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = model(x, mask_ratio=tc["mask_ratio"], generator=gen, stem_features=stem)
-            total, terms = distill_loss(
-                out,
-                views,
-                weights,
-                levels=levels,
-                dense_levels=(max(levels),),
-                target_center=center_dev,
-                multiscale_views=tc["multiscale_views"],
-                images=x,
-            )
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        if tc["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc["grad_clip"])
-        opt.step()
+        result = train_step(
+            model,
+            StepBatch(x, views, stem),
+            opt,
+            step,
+            settings,
+            generator=gen,
+            target_center=center_dev,
+        )
         step += 1
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -276,21 +304,18 @@ def _train_loop(loop: dict[str, Any]) -> None:
         wait += t1 - t0
         compute += t2 - t1
         samples_window += len(px) * world
-        if step % loop["log_every"] == 0 or step == total_steps:
+        if step % tc.log_every_steps == 0 or step == total_steps:
             elapsed = time.perf_counter() - t_window
             row = {
                 "step": step,
                 "epoch": epoch,
-                "lr": opt.param_groups[0]["lr"],
-                "loss": float(total.detach()),
-                **{f"loss_{k}": float(v) for k, v in terms.items()},
+                "lr": result.lr,
+                **result.losses(),
                 "samples_per_s": samples_window / max(elapsed, 1e-9),
                 "data_wait_fraction": wait / max(wait + compute, 1e-9),
                 "resumed_from_step": resumed_from,
+                **{k: float(v) for k, v in result.stats.items()},
             }
-            for key in ("assign_logit_std", "groups_used"):
-                if key in out:
-                    row[key] = float(out[key])
             history.append(row)
             if rank == 0:
                 metrics_log.add(row)
@@ -299,9 +324,9 @@ def _train_loop(loop: dict[str, Any]) -> None:
                 print(progress_line(row, total_steps, eta))
             t_window, samples_window, wait, compute = time.perf_counter(), 0, 0.0, 0.0
         if step < total_steps:
-            due = step - last_ckpt_step >= loop["checkpoint_every"]
-            if loop["checkpoint_minutes"] > 0 and not due:
-                late = time.monotonic() - last_ckpt_t >= loop["checkpoint_minutes"] * 60
+            due = step - last_ckpt_step >= tc.checkpoint_every_steps
+            if tc.checkpoint_every_minutes > 0 and not due:
+                late = time.monotonic() - last_ckpt_t >= tc.checkpoint_every_minutes * 60
                 due = _rank0_decides(late, device)
             if due:
                 save(final=False)
@@ -426,7 +451,7 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
-    from .cache_stream import cache_payload_bytes, choose_reader, expected_manifest
+    from .cache_stream import cache_payload_bytes, choose_reader
 
     reader = check_cache(cfg, cache_uri)
     manifest = reader.manifest
@@ -446,24 +471,8 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
     embed_dim = int(manifest["teacher"]["embed_dim"])
     storage.makedirs(run_uri)
     write_run_info(run_uri, "train", config_to_dict(cfg), cache=cache_uri)
-    threads = max(1, int(cfg.train.cpus_per_worker))
     kind = choose_reader(cfg.train.reader, reader, cfg.train.stream_above_mb)
-    loop = {
-        "cache": cache_uri,
-        "run_uri": run_uri,
-        "train": config_to_dict(cfg)["train"],
-        "student": student,
-        "embed_dim": embed_dim,
-        "teacher": {k: manifest["teacher"][k] for k in ("model", "pretrained")},
-        "levels": list(manifest["levels"]),
-        "expected": expected_manifest(cfg, embed_dim),
-        "reader": kind,
-        "threads": threads,
-        "use_gpu": cfg.train.use_gpu,
-        "log_every": cfg.train.log_every_steps,
-        "checkpoint_every": cfg.train.checkpoint_every_steps,
-        "checkpoint_minutes": cfg.train.checkpoint_every_minutes,
-    }
+    loop = TrainLoopConfig.build(cfg, cache_uri, run_uri, manifest, student, kind)
     log(
         f"[train] {len(reader)} cached images ({cache_payload_bytes(reader) / 2**20:.0f} MB, "
         f"{kind} reader), {cfg.train.num_workers} worker(s) -> {run_uri}"
@@ -480,7 +489,7 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         }
     trainer = TorchTrainer(
         _train_loop,
-        train_loop_config=loop,
+        train_loop_config=loop.to_dict(),
         scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             **run_kwargs,

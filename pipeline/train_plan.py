@@ -2,7 +2,8 @@
 a cluster or the cache.
 
 The student is built on PyTorch's meta device (shapes only, no memory), and one training step
-(forward, the distillation losses, backward) at the per-worker micro-batch runs there under
+(``zeroseg.train_step.train_step``, the workers' own: forward, the distillation losses,
+backward, clipping, AdamW) at the per-worker micro-batch runs there under
 ``FlopCounterMode`` while a saved-tensor hook adds up what autograd keeps for the backward pass.
 So parameters, FLOPs and activation bytes are counted from the real model code, not from a
 formula that could drift from it.
@@ -24,52 +25,60 @@ ASSUMED_MFU = 0.4
 def count_step(
     student: dict[str, Any], embed_dim: int, micro_batch: int, cfg: Config
 ) -> dict[str, int]:
-    """Parameters, forward / forward+backward FLOPs and autograd-saved bytes of one step."""
+    """Parameters, forward / full-step FLOPs and autograd-saved bytes of one training step
+    (:func:`zeroseg.train_step.train_step`, the step the workers run), counted in fp32."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from zeroseg.losses import distill_loss
     from zeroseg.models import build_student
+    from zeroseg.train_step import StepBatch, make_optimizer, step_settings, train_step
     from zeroseg.views import num_views
-
-    from .train import loss_weights
 
     with torch.device("meta"):
         model = build_student(student, embed_dim=embed_dim)
     model.train()
     size = int(student["image_size"])
-    levels = list(cfg.train.view_levels or cfg.views.levels)
+    workers = cfg.train.num_workers
+    # gpu=False: no autocast on the meta device; estimate() scales the bytes for bf16
+    settings = step_settings(
+        cfg.train,
+        cfg.views.levels,
+        global_batch=micro_batch * workers,
+        total_steps=1,
+        warmup_steps=0,
+        gpu=False,
+    )
     x = torch.empty(micro_batch, 3, size, size, device="meta")
-    views = torch.empty(micro_batch, num_views(levels), embed_dim, device="meta")
-    weights = loss_weights(cfg)
-    saved = [0]
+    views = torch.empty(micro_batch, num_views(settings.levels), embed_dim, device="meta")
+    center = torch.empty(embed_dim, device="meta") if cfg.train.center_targets else None
+    optimizer = make_optimizer(model, settings)
+    saved, forward = [0], [0]
+    counter = FlopCounterMode(display=False)
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         saved[0] += t.numel() * t.element_size()
         return t
 
-    with FlopCounterMode(display=False) as counter:
+    def forward_done(_: torch.Tensor) -> None:
+        forward[0] = counter.get_total_flops()
+
+    with counter:
+        # only the forward saves tensors for the backward pass
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            out = model(x, mask_ratio=cfg.train.mask_ratio)
-            total, _ = distill_loss(
-                out,
-                views,
-                weights,
-                levels=levels,
-                dense_levels=(max(levels),),
-                target_center=torch.empty(embed_dim, device="meta")
-                if cfg.train.center_targets
-                else None,
-                multiscale_views=cfg.train.multiscale_views,
-                images=x,
+            train_step(
+                model,
+                StepBatch(x, views),
+                optimizer,
+                0,
+                settings,
+                target_center=center,
+                after_forward=forward_done,
             )
-        forward = counter.get_total_flops()
-        total.backward()
         step = counter.get_total_flops()
     params = sum(p.numel() for p in model.parameters())
     return {
         "params": params,
-        "forward_flops": int(forward),
+        "forward_flops": int(forward[0]),
         "step_flops": int(step),
         "saved_bytes_fp32": int(saved[0]),
     }
@@ -83,7 +92,9 @@ def estimate(
     mfu: float = ASSUMED_MFU,
 ) -> dict[str, Any]:
     """Per-worker memory and step cost of ``cfg``'s training run (see the module docstring)."""
-    from .train import peak_lr, student_config
+    from zeroseg.train_step import peak_lr
+
+    from .train import student_config
 
     workers = cfg.train.num_workers
     micro = cfg.train.batch_size // workers

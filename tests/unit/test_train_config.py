@@ -10,8 +10,9 @@ import sys
 import pytest
 
 from pipeline.runner import fingerprint
-from pipeline.train import lr_at, peak_lr, train_fingerprint
+from pipeline.train import train_fingerprint
 from zeroseg.config import ConfigError, config_to_dict, load_config
+from zeroseg.train_step import lr_at, peak_lr
 
 OPERATIONAL = [
     "train.name=other",
