@@ -10,7 +10,6 @@ settings), so listing an alias such as ``mask_60`` next to ``both`` costs nothin
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 from zeroseg import storage
@@ -103,21 +102,14 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def run_ablation(path: str | None, overrides: list[str], base: Config, log=print) -> dict[str, Any]:
-    from .cluster import ensure_ray
-    from .evaluate import run_eval
-    from .extract import run_extract
-    from .run import ensure_world
-    from .teachers import resolve_teacher
-    from .train import run_train
+    from .run import run_stages
 
     variants = variant_configs(path, overrides, base)
     out_uri = storage.join(base.storage.root, "ablation")
     storage.makedirs(out_uri)
     write_run_info(out_uri, "ablation", config_to_dict(base))
-    ensure_world(base, log)
-    teacher = resolve_teacher(base, log)
-    ensure_ray(base)
-    cache = run_extract(base, log, teacher)
+    upstream = run_stages(base, ["extract"], log)
+    cache = upstream.cache
     log(f"[ablation] teacher cache extracted once: {cache}")
     log(f"[ablation] {len(variants)} variants, all training on this cache")
     rows: dict[str, dict[str, Any]] = {}
@@ -130,10 +122,9 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
             rows[name]["same_as"] = same
             continue
         log(f"[ablation] variant {i}/{len(variants)} {name!r}: reusing cache {cache}")
-        t0 = time.perf_counter()
-        final = run_train(cfg, cache, log)
-        train_s = time.perf_counter() - t0
-        metrics = run_eval(cfg, final, log)
+        out = run_stages(cfg, ["train", "eval"], log, cache=cache, teacher=upstream.teacher)
+        final, train_s = out.final, out.timings["train"]
+        metrics = next(iter(out.metrics.values()))
         rows[name] = {
             "overrides": list(base.ablation.variants[name]),
             "miou": metrics["student"]["miou"],

@@ -188,7 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTIONS["submit"],
     )
     ssub = p.add_subparsers(dest="stage", metavar="stage", required=True)
-    for stage in ("extract", "train", "eval", "run"):
+    from .submit import STAGES
+
+    for stage in STAGES:
         s = ssub.add_parser(stage, help=f"submit `zeroseg {stage}`")
         _config_args(s)
         _cluster_args(s)
@@ -412,7 +414,6 @@ def _dispatch(args, parser) -> int:
     if cmd == "eval" and args.dry_run:
         return _eval_dry_run(cfg)
 
-    from .cluster import ensure_ray
     from .preflight import preflight
 
     if cmd == "ablate":
@@ -430,30 +431,18 @@ def _dispatch(args, parser) -> int:
 
         run_ablation(args.config, list(args.overrides or []), cfg)
         return 0
-    if cmd == "extract":
-        from .extract import run_extract
+    from .run import run_stages
 
-        ensure_ray(cfg)
-        run_extract(cfg)
-        return 0
+    commands = {stage: upstream_command(args, stage) for stage in ("extract", "train")}
     if cmd == "train":
-        from .train import check_cache, run_train
-
-        cache = args.cache or _finished_cache(cfg, upstream_command(args, "extract"))
-        _require_finished(cache, "teacher cache", upstream_command(args, "extract"))
-        check_cache(cfg, cache)  # a cache that does not fit the config fails before Ray starts
-        ensure_ray(cfg)
-        run_train(cfg, cache)
+        run_stages(cfg, ["train"], cache=args.cache, commands=commands)
+        return 0
+    if cmd == "extract":
+        run_stages(cfg, ["extract"], commands=commands)
         return 0
     if cmd == "eval":
-        from .evaluate import run_evals
-
-        ensure_ray(cfg)
-        checkpoint = args.checkpoint or _finished_final(
-            cfg, upstream_command(args, "extract"), upstream_command(args, "train")
-        )
-        _require_final(checkpoint, upstream_command(args, "train"))
-        for name, metrics in run_evals(cfg, checkpoint).items():
+        out = run_stages(cfg, ["eval"], checkpoint=args.checkpoint, commands=commands)
+        for name, metrics in out.metrics.items():
             print(
                 f"{name}: student mIoU {metrics['student']['miou']:.3f}; "
                 + ", ".join(f"{k} {v['miou']:.3f}" for k, v in metrics["baselines"].items())
@@ -508,75 +497,6 @@ def upstream_command(args, stage: str) -> str:
         parts += ["--config", args.config]
     parts += list(getattr(args, "overrides", None) or [])
     return " ".join(shlex.quote(p) for p in parts)
-
-
-def _require_finished(uri: str, what: str, command: str) -> None:
-    """An upstream stage folder must carry ``_SUCCESS``; else say what to run first."""
-    from zeroseg import storage
-
-    from .runner import StageDir
-
-    if not StageDir(uri).succeeded():
-        raise FileNotFoundError(
-            f"the {what} at {storage.normalize(uri)} is not finished (no _SUCCESS); run "
-            f"`{command}` first (it resumes where it stopped)"
-        )
-
-
-def _require_final(final: str, command: str) -> None:
-    """A checkpoint folder must hold the final weights and their config."""
-    from zeroseg import storage
-
-    from .train import WEIGHTS
-
-    for name in (WEIGHTS, "config.json"):
-        if not storage.exists(storage.join(final, name)):
-            raise FileNotFoundError(
-                f"no finished training run at {storage.normalize(final)} ({name} is missing); "
-                f"run `{command}` first, or pass --checkpoint <a run's final/ folder>"
-            )
-
-
-def _finished_cache(cfg, command: str = "zeroseg extract") -> str:
-    """The cache this config's extract stage produces; an actionable error if missing."""
-    from zeroseg import storage
-
-    from .extract import extract_fingerprint, stage_uri
-    from .inputs import plan_inputs
-    from .runner import StageDir
-    from .teachers import resolve_teacher
-
-    teacher = resolve_teacher(cfg)
-    uri = stage_uri(cfg, extract_fingerprint(cfg, teacher, plan_inputs(cfg.data.train)))
-    if not StageDir(uri).succeeded():
-        raise FileNotFoundError(
-            f"no finished teacher cache for this config at {storage.normalize(uri)} (no "
-            f"_SUCCESS for fingerprint {uri.rstrip('/').rsplit('/', 1)[-1]}); run `{command}` first"
-        )
-    return uri
-
-
-def _finished_final(
-    cfg, extract_command: str = "zeroseg extract", train_command: str = "zeroseg train"
-) -> str:
-    """The final/ folder this config's train stage produces; names what to run when missing."""
-    from zeroseg import storage
-
-    from .cache import CacheReader
-    from .train import FINAL, WEIGHTS, run_dir
-
-    try:
-        cache = _finished_cache(cfg, extract_command)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}, then `{train_command}`") from None
-    storage_path, name = run_dir(cfg, CacheReader(cache).manifest["fingerprint"])
-    final = storage.join(storage_path, name, FINAL)
-    if not storage.exists(storage.join(final, WEIGHTS)):
-        raise FileNotFoundError(
-            f"no finished training run for this config at {final}; run `{train_command}` "
-            "first, or pass --checkpoint"
-        )
-    return final
 
 
 if __name__ == "__main__":

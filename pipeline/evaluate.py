@@ -2,19 +2,20 @@
 
 One task per (benchmark, split, image part) reads its images through the benchmark's reader
 (``zeroseg.benchmarks``), computes for every method and every background rule of the sweep a
-confusion matrix, and writes them as one ``parts/<split>-NNNN.npz`` (written last, so an existing
-part is a finished unit and reruns skip it). Finalize sums the parts, picks each method's
-background rule on the validation split (shapes) or takes the pinned one (VOC / Context /
-COCO-Object), reports the benchmark split with that rule, and writes ``metrics.json``, a
-Markdown report with a confusion-matrix plot and overlays of the best and worst images. The same
-harness runs every method, so the comparison is like for like.
+confusion matrix, and writes them as one ``parts/<split>-NNNN.npz``; the part's marker
+``markers/NNNNN.json`` follows once the task has returned, so a rerun skips finished parts
+(:class:`EvalStage`, the stage protocol of :mod:`pipeline.runner`). Finalize sums the parts,
+picks each method's background rule on the validation split (shapes) or takes the pinned one
+(VOC / Context / COCO-Object), reports the benchmark split with that rule, and writes
+``metrics.json``, a Markdown report with a confusion-matrix plot and overlays of the best and
+worst images. The same harness runs every method, so the comparison is like for like.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import time
+import os
 from typing import Any
 
 import numpy as np
@@ -22,12 +23,24 @@ import numpy as np
 from zeroseg import storage
 from zeroseg.config import Config, ConfigError, config_to_dict, eval_benchmarks
 
-from .runner import StageDir, code_version, fingerprint, now, write_run_info
+from .runner import (
+    Stage,
+    StageDir,
+    UnitFailure,
+    code_version,
+    fingerprint,
+    now,
+    run_stage,
+    write_run_info,
+)
 
 # 3: the dense_raw baseline and the generalisation split (parts of version 2 lack them)
 PROTOCOL_VERSION = 3
 PER_IMAGE_KEY = "_student_miou"  # (images, rules): the student's mIoU per image and rule
 IDS_KEY = "_ids"
+# Ray already reruns a task whose worker died; these are retries of transient errors the task
+# itself raised (storage), decided by the runner.
+PART_RETRIES = 2
 GENERALISATION = "generalisation"  # the optional held-out split's name (shapes)
 
 
@@ -220,82 +233,143 @@ def run_evals(cfg: Config, final_uri: str, log=print) -> dict[str, dict[str, Any
     return {b: run_eval(cfg, final_uri, log, benchmark=b) for b in eval_benchmarks(cfg.eval)}
 
 
+class EvalStage(Stage):
+    """One benchmark of one checkpoint: the parts of its splits scored by parallel Ray tasks."""
+
+    name = "eval"
+    unit_name = "part"
+    skip_message = "finished evaluation found, skipping"
+    max_retries = PART_RETRIES
+
+    def __init__(self, cfg: Config, final_uri: str, benchmark: str | None = None, log=print):
+        self.cfg, self.final_uri, self.log = cfg, final_uri, log
+        self.benchmark = benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
+        bench_reader = _reader(benchmark, benchmark_root(cfg, benchmark))
+        self.class_names = class_names = bench_reader.class_names()
+        student_info = storage.read_json(storage.join(final_uri, "config.json"))
+        self.proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]), benchmark)
+        self.roots = plan_splits(cfg, benchmark, self.proto["tune_on_val"])
+        ids = {"bench": bench_reader.sample_ids()}
+        for split, uri in self.roots.items():
+            if split == "bench":
+                continue
+            reader = _reader(benchmark, uri)
+            if reader.class_names() != class_names:
+                raise ValueError(f"{split} and benchmark splits have different classes")
+            ids[split] = reader.sample_ids()
+        self.ids = ids
+        fp = eval_fingerprint(cfg, final_uri, self.proto, self.roots)
+        self.dir = StageDir(
+            storage.join(cfg.storage.root, "eval", fp, benchmark), marker_dir="markers"
+        )
+        self.per = per = cfg.eval.images_per_task
+        self.parts = [
+            (split, i, split_ids[i : i + per])
+            for split, split_ids in ids.items()
+            for i in range(0, len(split_ids), per)
+        ]
+
+    def locate(self) -> StageDir:
+        return self.dir
+
+    def done_units(self) -> set[int]:
+        """Marked parts whose file is still there (a lost part file is scored again)."""
+        fs, path = storage.fs_and_path(self.dir.path("parts"))
+        files = (
+            {os.path.basename(p) for p in fs.ls(path, detail=False)} if fs.exists(path) else set()
+        )
+        return {
+            u
+            for u in self.dir.done_units()
+            if u < len(self.parts) and _part_name(*self.parts[u][:2], self.per) in files
+        }
+
+    def prepare(self) -> None:
+        storage.makedirs(self.dir.uri)
+        write_run_info(
+            self.dir.uri,
+            "eval",
+            config_to_dict(self.cfg),
+            checkpoint=self.final_uri,
+            protocol=self.proto,
+        )
+
+    def units(self) -> list[int]:
+        return list(range(len(self.parts)))
+
+    def announce(self, total: int, pending: int) -> None:
+        self.done_before = total - pending
+        self.log(
+            f"[eval] {self.benchmark}: {sum(len(v) for v in self.ids.values())} images in "
+            f"{total} tasks ({total - pending} already done) -> {self.dir.uri}"
+        )
+
+    def run_units(self, pending: list[int]) -> dict[int, UnitFailure]:
+        import ray
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        gpus = float(cfg.eval.gpus_per_task)
+        remote = ray.remote(num_cpus=cfg.eval.num_cpus_per_task, num_gpus=gpus, max_retries=2)(
+            eval_part
+        )
+        threads = max(1, int(cfg.eval.num_cpus_per_task))
+        futures = {}
+        for unit in pending:
+            split, i, chunk = self.parts[unit]
+            out = self.dir.path("parts", _part_name(split, i, self.per))
+            ref = remote.remote(
+                self.final_uri,
+                out,
+                self.benchmark,
+                self.roots[split],
+                chunk,
+                self.class_names,
+                self.proto,
+                threads,
+                gpus,
+            )
+            futures[ref] = unit
+        failed: dict[int, UnitFailure] = {}
+        waiting = list(futures)
+        total, initial = len(self.parts), len(self.parts) - len(pending)
+        with tqdm(total=total, initial=initial, desc=f"eval {self.benchmark}", unit="task") as bar:
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                unit = futures[done[0]]
+                try:
+                    ray.get(done[0])
+                except Exception as exc:
+                    failed[unit] = UnitFailure.of(exc)
+                else:  # the part's file is complete: its marker follows
+                    self.dir.write_marker(unit, {"part": list(self.parts[unit][:2]), "at": now()})
+                bar.update(1)
+        return failed
+
+    def finalize(self, seconds: float) -> None:
+        finalize_eval(
+            self.dir,
+            self.parts,
+            self.per,
+            self.class_names,
+            self.proto,
+            self.cfg,
+            self.final_uri,
+            seconds,
+            self.log,
+            self.benchmark,
+            self.roots,
+        )
+
+    def result(self) -> dict[str, Any]:
+        return storage.read_json(self.dir.path("metrics.json"))
+
+
 def run_eval(
     cfg: Config, final_uri: str, log=print, benchmark: str | None = None
 ) -> dict[str, Any]:
     """Score the student and baselines on one benchmark; returns (and writes) ``metrics.json``."""
-    import ray
-    from tqdm import tqdm
-
-    benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
-    bench_reader = _reader(benchmark, benchmark_root(cfg, benchmark))
-    class_names = bench_reader.class_names()
-    student_info = storage.read_json(storage.join(final_uri, "config.json"))
-    proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]), benchmark)
-    roots = plan_splits(cfg, benchmark, proto["tune_on_val"])
-    ids = {"bench": bench_reader.sample_ids()}
-    for split, uri in roots.items():
-        if split == "bench":
-            continue
-        reader = _reader(benchmark, uri)
-        if reader.class_names() != class_names:
-            raise ValueError(f"{split} and benchmark splits have different classes")
-        ids[split] = reader.sample_ids()
-    fp = eval_fingerprint(cfg, final_uri, proto, roots)
-    stage = StageDir(storage.join(cfg.storage.root, "eval", fp, benchmark), marker_dir="parts")
-    metrics_uri = stage.path("metrics.json")
-    if stage.succeeded():
-        log(f"[eval] finished evaluation found, skipping: {stage.uri}")
-        return storage.read_json(metrics_uri)
-    storage.makedirs(stage.uri)
-    write_run_info(stage.uri, "eval", config_to_dict(cfg), checkpoint=final_uri, protocol=proto)
-
-    per = cfg.eval.images_per_task
-    units = [
-        (split, i, split_ids[i : i + per])
-        for split, split_ids in ids.items()
-        for i in range(0, len(split_ids), per)
-    ]
-    gpus = float(cfg.eval.gpus_per_task)
-    remote = ray.remote(num_cpus=cfg.eval.num_cpus_per_task, num_gpus=gpus, max_retries=2)(
-        eval_part
-    )
-    futures = {}
-    skipped = 0
-    threads = max(1, int(cfg.eval.num_cpus_per_task))
-    for split, i, chunk in units:
-        out = stage.path("parts", _part_name(split, i, per))
-        if storage.exists(out):
-            skipped += 1
-            continue
-        ref = remote.remote(
-            final_uri, out, benchmark, roots[split], chunk, class_names, proto, threads, gpus
-        )
-        futures[ref] = out
-    log(
-        f"[eval] {benchmark}: {sum(len(v) for v in ids.values())} images in {len(units)} tasks "
-        f"({skipped} already done) -> {stage.uri}"
-    )
-    t0 = time.perf_counter()
-    pending = list(futures)
-    with tqdm(total=len(units), initial=skipped, desc=f"eval {benchmark}", unit="task") as bar:
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ray.get(done)
-            bar.update(len(done))
-    return finalize_eval(
-        stage,
-        units,
-        per,
-        class_names,
-        proto,
-        cfg,
-        final_uri,
-        time.perf_counter() - t0,
-        log,
-        benchmark,
-        roots,
-    )
+    return run_stage(EvalStage(cfg, final_uri, benchmark, log), log)
 
 
 def _part_name(split: str, start: int, per: int) -> str:
@@ -397,7 +471,6 @@ def finalize_eval(
         write_report(stage, metrics, bench["student"][chosen_rule_index["student"]], overlays)
     except Exception as exc:  # nor must the report
         log(f"[eval] report failed: {exc}")
-    stage.mark_success()
     log(f"[eval] {benchmark}: report at {stage.path('report.md')}")
     return metrics
 

@@ -4,9 +4,10 @@ Units of work are shards of ``extract.images_per_shard`` images. A Ray Data acto
 teacher is loaded once per actor) takes whole shards: a reader thread fetches, decodes and crops
 the images and cuts the views of the next batch while the teacher embeds the current one; then
 the shard's rows go into the Zarr arrays (one writer per zarr shard) and its marker is written
-last. The driver retries failed shards a bounded number of times, records the ones that still
-fail under ``failed/`` with their traceback, then writes ``index.parquet``, ``manifest.json`` and
-``_SUCCESS``.
+last. :class:`ExtractStage` is the stage protocol of :mod:`pipeline.runner` on those shards: the
+runner retries shards that failed transiently a bounded number of times, records the ones that
+still fail under ``failed/`` with their traceback, then the stage writes ``index.parquet`` and
+``manifest.json`` and the runner ``_SUCCESS``.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import resource
 import socket
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
@@ -31,17 +31,18 @@ from zeroseg.config import Config, actor_range, config_to_dict
 from .cache import CACHE_VERSION, ZARR_NAME, CacheLayout, create_arrays, write_shard
 from .inputs import PLAN_TABLE, InputPlan, PlanTable, plan_inputs, read_input, write_plan_table
 from .runner import (
+    Stage,
     StageDir,
+    UnitFailure,
     code_version,
     fingerprint,
     now,
     package_versions,
-    pending_units,
+    run_stage,
     write_run_info,
 )
 from .teachers import resolve_teacher, teacher_identity
 
-FAILED_DIR = "failed"
 RUN_INFO = "run.json"
 # Amount of extract.resource_label each actor asks for: the label pins the pool to the nodes
 # that offer it without limiting how many actors fit there.
@@ -200,7 +201,7 @@ class ShardExtractor:
                 f"{self.layout.num_shards} shards"
             )
         self.resources = _assigned_resources()
-        self._reader_error = ""
+        self._reader_error: UnitFailure | None = None
         self._jobs: queue.Queue = queue.Queue()
         self._items: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
         threading.Thread(target=self._reader_loop, name="shard-reader", daemon=True).start()
@@ -209,17 +210,21 @@ class ShardExtractor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shards = [int(s) for s in batch["shard"]]
         errors = self.run_shards(shards)
-        return {"shard": np.asarray(shards), "error": np.asarray([errors[s] for s in shards])}
+        return {
+            "shard": np.asarray(shards),
+            "error": np.asarray([errors[s].error if errors[s] else "" for s in shards]),
+            "transient": np.asarray([bool(errors[s] and errors[s].transient) for s in shards]),
+        }
 
     def run_shard(self, shard: int) -> None:
         """Process one shard; raises what made it fail."""
-        error = self.run_shards([shard])[shard]
-        if error:
-            raise RuntimeError(error)
+        failure = self.run_shards([shard])[shard]
+        if failure:
+            raise RuntimeError(failure.error)
 
-    def run_shards(self, shards: list[int]) -> dict[int, str]:
-        """Process shards in order; returns {shard: "" or the traceback of its failure}."""
-        errors = dict.fromkeys(shards, "")
+    def run_shards(self, shards: list[int]) -> dict[int, UnitFailure | None]:
+        """Process shards in order; returns {shard: None or why it failed}."""
+        errors: dict[int, UnitFailure | None] = dict.fromkeys(shards)
         finished: set[int] = set()
         writing: list[tuple[int, Any]] = []  # (shard, future) of the write in flight, if any
 
@@ -230,7 +235,7 @@ class ShardExtractor:
                 if exc is None:
                     finished.add(shard)
                 else:
-                    errors[shard] = "".join(traceback.format_exception(exc))
+                    errors[shard] = UnitFailure.of(exc)
             writing.clear()
 
         self._jobs.put(shards)
@@ -264,13 +269,16 @@ class ShardExtractor:
                     settle()
                     writing.append((work.shard, self._writer.submit(self._finish, work, busy)))
                     mark = time.perf_counter()
-            except Exception:  # reported to the driver, which retries or reports it
-                errors[work.shard] = traceback.format_exc()
+            except Exception as exc:  # reported to the driver, which retries or reports it
+                errors[work.shard] = UnitFailure.of(exc)
         settle()
         for shard in shards:  # a shard the reader never reached must not look like success
             if not errors[shard] and shard not in finished:
-                errors[shard] = (
-                    f"shard {shard} was not processed by the reader thread\n{self._reader_error}"
+                crash = self._reader_error
+                errors[shard] = UnitFailure(
+                    f"shard {shard} was not processed by the reader thread\n"
+                    + (crash.error if crash else ""),
+                    bool(crash and crash.transient),
                 )
         return errors
 
@@ -285,11 +293,11 @@ class ShardExtractor:
         a malloc arena per thread behind), serving one call's shards at a time."""
         while True:
             shards = self._jobs.get()
-            self._reader_error = ""
+            self._reader_error = None
             try:
                 self._read(shards)
-            except BaseException:  # keep serving calls; the unreached shards report it
-                self._reader_error = traceback.format_exc()
+            except BaseException as exc:  # keep serving calls; the unreached shards report it
+                self._reader_error = UnitFailure.of(exc)
             finally:
                 self._items.put(None)
 
@@ -333,8 +341,8 @@ class ShardExtractor:
                 if ready:
                     put(views_of(work, ready))
                 put(("end", work, None))
-            except Exception:  # this shard fails; the next ones still run
-                put(("error", work, traceback.format_exc()))
+            except Exception as exc:  # this shard fails; the next ones still run
+                put(("error", work, UnitFailure.of(exc)))
 
     def _load(
         self, work: _ShardWork, i: int, key: str, span: list[int] | None, bad, decode, crop
@@ -452,7 +460,7 @@ def shards_per_call(pending: int, max_actors: int) -> int:
 def _run_shards(
     stage: str, pending: list[int], ctor: dict[str, Any], cfg: Config
 ) -> dict[int, str]:
-    """Run shards on the actor pool; returns {shard: traceback} for the ones that failed."""
+    """Run shards on the actor pool; returns why each failed shard failed."""
     import ray
     from tqdm import tqdm
 
@@ -463,31 +471,13 @@ def _run_shards(
     ds = ds.map_batches(
         ShardExtractor, fn_constructor_kwargs=ctor, batch_size=per_call, **pool_options(cfg)
     )
-    failed: dict[int, str] = {}
+    failed: dict[int, UnitFailure] = {}
     with tqdm(total=len(pending), desc="extract shards", unit="shard") as bar:
         for row in ds.iter_rows():
             if row["error"]:
-                failed[int(row["shard"])] = str(row["error"])
+                failed[int(row["shard"])] = UnitFailure(str(row["error"]), bool(row["transient"]))
             bar.update(1)
     return failed
-
-
-def failed_uri(stage: StageDir, shard: int) -> str:
-    return stage.path(FAILED_DIR, f"{shard:05d}.json")
-
-
-def failed_shards(stage: StageDir) -> dict[int, dict[str, Any]]:
-    """Failure records ``failed/NNNNN.json`` (attempts, traceback) of shards without a marker."""
-    fs, path = storage.fs_and_path(stage.path(FAILED_DIR))
-    if not fs.exists(path):
-        return {}
-    done = stage.done_units()
-    out = {}
-    for p in sorted(fs.ls(path, detail=False)):
-        name = os.path.basename(p)
-        if name.endswith(".json") and name[:-5].isdigit() and int(name[:-5]) not in done:
-            out[int(name[:-5])] = storage.read_json(failed_uri(stage, int(name[:-5])))
-    return out
 
 
 def teacher_shape(teacher: dict[str, Any], normalize: bool) -> tuple[int, int]:
@@ -502,134 +492,133 @@ def teacher_shape(teacher: dict[str, Any], normalize: bool) -> tuple[int, int]:
     return shape
 
 
+class ExtractStage(Stage):
+    """Shards of the training images through the teacher into the cache."""
+
+    name = "extract"
+    unit_name = "shard"
+    skip_message = "cache complete, skipping"
+
+    def __init__(self, cfg: Config, teacher: dict[str, Any] | None = None, log=print):
+        self.cfg, self.log = cfg, log
+        self.teacher = teacher or resolve_teacher(cfg, log=log)
+        self.plan = plan_inputs(cfg.data.train)
+        self.fp = extract_fingerprint(cfg, self.teacher, self.plan)
+        self.dir = StageDir(stage_uri(cfg, self.fp))
+        self.max_retries = cfg.extract.max_retries
+        self.layout: CacheLayout | None = None
+
+    def locate(self) -> StageDir:
+        return self.dir
+
+    def overwrite(self) -> bool:
+        return self.cfg.extract.mode == "overwrite"
+
+    def redo(self) -> list[int]:
+        return list(self.cfg.extract.redo_shards)
+
+    def check(self) -> None:
+        import ray
+
+        if not ray.is_initialized():
+            raise RuntimeError("Ray is not initialised")
+        # Before anything is cleared or written: a pool that can never start must not cost the
+        # old cache (overwrite) or leave a half-made folder.
+        check_pool_resources(self.cfg, ray.cluster_resources(), self.log)
+
+    def prepare(self) -> None:
+        from zeroseg.views import num_views
+
+        cfg, stage = self.cfg, self.dir
+        embed_dim, image_size = teacher_shape(self.teacher, cfg.teacher.normalize)
+        self.layout = layout = CacheLayout(
+            len(self.plan.keys),
+            num_views(cfg.views.levels),
+            embed_dim,
+            cfg.views.crop_size,
+            cfg.extract.images_per_shard,
+        )
+        self.teacher_meta = {
+            **teacher_identity(self.teacher),
+            "embed_dim": embed_dim,
+            "image_size": image_size,
+            "normalize": cfg.teacher.normalize,
+            "precision": cfg.extract.precision,
+            **({"accuracy": self.teacher["accuracy"]} if "accuracy" in self.teacher else {}),
+        }
+        storage.makedirs(stage.uri)
+        write_plan_table(stage.path(PLAN_TABLE), self.plan, layout.images_per_shard)
+        storage.write_json(
+            stage.path("plan.json"),
+            {
+                "data": storage.normalize(cfg.data.train),
+                "input_kind": self.plan.kind,
+                "num_images": layout.num_images,
+                "images_per_shard": layout.images_per_shard,
+                "num_shards": layout.num_shards,
+                "keys": PLAN_TABLE,
+                "tar_members": sum(s is not None for s in self.plan.spans),
+            },
+        )
+        write_run_info(stage.uri, "extract", config_to_dict(cfg), fingerprint=self.fp)
+        create_arrays(stage.path(ZARR_NAME), layout)
+
+    def units(self) -> list[int]:
+        assert self.layout is not None
+        return list(range(self.layout.num_shards))
+
+    def announce(self, total: int, pending: int) -> None:
+        lo, hi = actor_range(self.cfg.extract)
+        self.log(
+            f"[extract] {len(self.plan.keys)} images in {total} shards -> {self.dir.uri} "
+            f"({total - pending} done, {pending} to run)"
+        )
+        storage.write_json(
+            self.dir.path(RUN_INFO),
+            {
+                "started_at": now(),
+                "started_unix": round(time.time(), 3),
+                "driver": f"{socket.gethostname()}:{os.getpid()}",
+                "shards_to_run": pending,
+                "actors": [lo, hi],
+            },
+        )
+
+    def run_units(self, pending: list[int]) -> dict[int, UnitFailure]:
+        cfg = self.cfg
+        assert self.layout is not None
+        ctor = {
+            "stage": self.dir.uri,
+            "teacher": self.teacher,
+            "normalize": cfg.teacher.normalize,
+            "levels": list(cfg.views.levels),
+            "crop_size": cfg.views.crop_size,
+            "batch_size": cfg.extract.batch_size,
+            "threads": max(1, int(cfg.extract.cpus_per_actor)),
+            "layout": asdict(self.layout),
+            "device": cfg.extract.device,
+            "precision": cfg.extract.precision,
+        }
+        return _run_shards(self.dir.uri, pending, ctor, cfg)
+
+    def finalize(self, seconds: float) -> None:
+        assert self.layout is not None
+        finalize_extract(
+            self.dir, self.layout, self.teacher_meta, self.cfg, self.fp, seconds, self.log
+        )
+
+    def result(self) -> str:
+        return self.dir.uri
+
+
+def failed_shards(stage: StageDir) -> dict[int, dict[str, Any]]:
+    """Failure records ``failed/NNNNN.json`` (attempts, traceback) of shards without a marker."""
+    return stage.failed_units()
+
+
 def run_extract(cfg: Config, log=print, teacher: dict[str, Any] | None = None) -> str:
     """Run (or resume) extraction; returns the cache's stage URI."""
-    import ray
-
-    teacher = teacher or resolve_teacher(cfg, log=log)
-    plan = plan_inputs(cfg.data.train)
-    keys = plan.keys
-    fp = extract_fingerprint(cfg, teacher, plan)
-    stage = StageDir(stage_uri(cfg, fp))
-    overwrite = cfg.extract.mode == "overwrite"
-    if not overwrite and stage.succeeded() and not cfg.extract.redo_shards:
-        log(f"[extract] cache complete, skipping: {stage.uri}")
-        return stage.uri
-    if not ray.is_initialized():
-        raise RuntimeError("Ray is not initialised")
-    # Before anything is cleared or written: a pool that can never start must not cost the
-    # old cache (overwrite) or leave a half-made folder.
-    check_pool_resources(cfg, ray.cluster_resources(), log)
-    if overwrite:
-        stage.clear()
-
-    from zeroseg.views import num_views
-
-    embed_dim, image_size = teacher_shape(teacher, cfg.teacher.normalize)
-    layout = CacheLayout(
-        len(keys),
-        num_views(cfg.views.levels),
-        embed_dim,
-        cfg.views.crop_size,
-        cfg.extract.images_per_shard,
-    )
-    teacher_meta = {
-        **teacher_identity(teacher),
-        "embed_dim": embed_dim,
-        "image_size": image_size,
-        "normalize": cfg.teacher.normalize,
-        "precision": cfg.extract.precision,
-        **({"accuracy": teacher["accuracy"]} if "accuracy" in teacher else {}),
-    }
-    storage.makedirs(stage.uri)
-    write_plan_table(stage.path(PLAN_TABLE), plan, layout.images_per_shard)
-    storage.write_json(
-        stage.path("plan.json"),
-        {
-            "data": storage.normalize(cfg.data.train),
-            "input_kind": plan.kind,
-            "num_images": layout.num_images,
-            "images_per_shard": layout.images_per_shard,
-            "num_shards": layout.num_shards,
-            "keys": PLAN_TABLE,
-            "tar_members": sum(s is not None for s in plan.spans),
-        },
-    )
-    write_run_info(stage.uri, "extract", config_to_dict(cfg), fingerprint=fp)
-    create_arrays(stage.path(ZARR_NAME), layout)
-
-    if cfg.extract.redo_shards:
-        stage_done = stage.done_units() - set(cfg.extract.redo_shards)
-    else:
-        stage_done = stage.done_units()
-    pending = pending_units(
-        list(range(layout.num_shards)), stage_done, "resume", cfg.extract.redo_shards
-    )
-    lo, hi = actor_range(cfg.extract)
-    log(
-        f"[extract] {len(keys)} images in {layout.num_shards} shards -> {stage.uri} "
-        f"({layout.num_shards - len(pending)} done, {len(pending)} to run)"
-    )
-    storage.write_json(
-        stage.path(RUN_INFO),
-        {
-            "started_at": now(),
-            "started_unix": round(time.time(), 3),
-            "driver": f"{socket.gethostname()}:{os.getpid()}",
-            "shards_to_run": len(pending),
-            "actors": [lo, hi],
-        },
-    )
-    ctor = {
-        "stage": stage.uri,
-        "teacher": teacher,
-        "normalize": cfg.teacher.normalize,
-        "levels": list(cfg.views.levels),
-        "crop_size": cfg.views.crop_size,
-        "batch_size": cfg.extract.batch_size,
-        "threads": max(1, int(cfg.extract.cpus_per_actor)),
-        "layout": asdict(layout),
-        "device": cfg.extract.device,
-        "precision": cfg.extract.precision,
-    }
-    t0 = time.perf_counter()
-    recorded = set(failed_shards(stage))
-    attempts: dict[int, int] = {}
-    attempt = 0
-    while pending:
-        failed = _run_shards(stage.uri, pending, ctor, cfg)
-        for shard in pending:
-            if shard in failed:
-                attempts[shard] = attempts.get(shard, 0) + 1
-                storage.write_json(
-                    failed_uri(stage, shard),
-                    {
-                        "shard": shard,
-                        "attempts": attempts[shard],
-                        "error": failed[shard],
-                        "at": now(),
-                    },
-                )
-                recorded.add(shard)
-            elif shard in recorded:  # succeeded on a retry or a later run
-                storage.remove(failed_uri(stage, shard), recursive=False)
-                recorded.discard(shard)
-        if not failed:
-            break
-        attempt += 1
-        if attempt > cfg.extract.max_retries:
-            for shard, tb in sorted(failed.items()):
-                log(f"[extract] shard {shard} failed after {attempt} attempts:\n{tb}")
-            raise RuntimeError(
-                f"{len(failed)} shard(s) failed: {sorted(failed)} (tracebacks in "
-                f"{stage.path(FAILED_DIR)}); rerun the same command to retry them (finished "
-                "shards are kept)"
-            )
-        log(f"[extract] retrying {len(failed)} failed shard(s) (attempt {attempt + 1})")
-        pending = sorted(failed)
-    elapsed = time.perf_counter() - t0
-    finalize_extract(stage, layout, teacher_meta, cfg, fp, elapsed, log)
-    return stage.uri
+    return run_stage(ExtractStage(cfg, teacher, log), log)
 
 
 def finalize_extract(
@@ -719,7 +708,6 @@ def finalize_extract(
         "created_at": now(),
     }
     storage.write_json(stage.path("manifest.json"), manifest)
-    stage.mark_success()
     rate = ok / elapsed if elapsed > 0 else float("nan")
     log(
         f"[extract] done: {ok} images ok, {layout.num_images - ok} skipped {reasons or ''}; "

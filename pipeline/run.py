@@ -1,15 +1,26 @@
-"""run: world -> teacher -> extract -> train -> eval, each skipped when already done."""
+"""The one runner: world -> teacher -> extract -> train -> eval (every benchmark), each stage
+driven through the stage protocol of :mod:`pipeline.runner` and skipped when finished.
+
+``zeroseg run`` runs every stage; ``zeroseg extract`` / ``train`` / ``eval`` run one, finding
+their finished upstream for the same config (or being told where it is); ``zeroseg ablate``
+extracts once and trains and evaluates each variant; a submitted job runs these same commands
+on the cluster.
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from zeroseg import storage
 from zeroseg.config import Config, config_to_dict
 
-from .runner import SUCCESS, code_version, write_run_info
+from .runner import SUCCESS, StageDir, code_version, write_run_info
+
+STAGES = ("extract", "train", "eval")
 
 
 def ensure_world(cfg: Config, log=print) -> None:
@@ -84,7 +95,10 @@ def summarize(
     final_uri: str,
     timings: dict[str, float],
     job: str | None = None,
+    benchmarks: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """``summary.json``: the first benchmark in full (student, baselines, generalisation);
+    with several benchmarks, ``benchmarks`` holds every one's mIoUs."""
     out = {
         "job": job,
         "student": {
@@ -109,6 +123,15 @@ def summarize(
     generalisation = generalisation_summary(metrics)
     if generalisation:
         out["generalisation"] = generalisation
+    if benchmarks and len(benchmarks) > 1:
+        out["benchmarks"] = {
+            name: {
+                "num_images": m["num_images"],
+                "student_miou": m["student"]["miou"],
+                "baselines_miou": {n: b["miou"] for n, b in m["baselines"].items()},
+            }
+            for name, m in benchmarks.items()
+        }
     return out
 
 
@@ -151,6 +174,12 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
             for n, m in gen_rows.items()
         ]
         lines.append(f"the student keeps {gen['student_retention']:.0%} of its benchmark mIoU")
+    for name, b in (summary.get("benchmarks") or {}).items():
+        if name == summary["benchmark"]:
+            continue
+        lines += ["", f"benchmark {name} ({b['num_images']} images)", f"{'method':<16} {'mIoU':>7}"]
+        rows = {"student": b["student_miou"], **b["baselines_miou"]}
+        lines += [f"{n:<16} {m * 100:6.1f}%" for n, m in rows.items()]
     acc = summary.get("teacher_accuracy") or {}
     if acc:
         lines.append(
@@ -162,31 +191,146 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
     return "\n".join(lines)
 
 
-def run_all(cfg: Config, log=print) -> dict[str, Any]:
+@dataclass
+class Outputs:
+    """What :func:`run_stages` produced or found: the teacher, the cache, the final weights,
+    the metrics of every benchmark, and the seconds each step took."""
+
+    teacher: dict[str, Any] | None = None
+    cache: str | None = None
+    final: str | None = None
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def finished_cache(cfg: Config, teacher: dict[str, Any], command: str = "zeroseg extract") -> str:
+    """The finished cache this config's extract stage produces; an actionable error if missing."""
+    from .extract import ExtractStage
+
+    stage = ExtractStage(cfg, teacher, log=lambda *_: None).locate()
+    if not stage.succeeded():
+        raise FileNotFoundError(
+            f"no finished teacher cache for this config at {storage.normalize(stage.uri)} (no "
+            f"_SUCCESS for fingerprint {stage.uri.rstrip('/').rsplit('/', 1)[-1]}); run "
+            f"`{command}` first"
+        )
+    return stage.uri
+
+
+def finished_final(cfg: Config, cache: str, command: str = "zeroseg train") -> str:
+    """The final/ folder of this config's finished training run on ``cache``."""
+    from zeroseg.checkpoint import WEIGHTS
+
+    from .train import TrainStage
+
+    stage = TrainStage(cfg, cache, log=lambda *_: None)
+    legacy = storage.exists(storage.join(stage.final_uri, WEIGHTS))  # finished before markers
+    if not stage.locate().succeeded() and not legacy:
+        raise FileNotFoundError(
+            f"no finished training run for this config at {stage.final_uri}; run `{command}` "
+            "first, or pass --checkpoint"
+        )
+    return stage.final_uri
+
+
+def require_finished(uri: str, what: str, command: str) -> None:
+    """An upstream stage folder given by the user must carry ``_SUCCESS``."""
+    if not StageDir(uri).succeeded():
+        raise FileNotFoundError(
+            f"the {what} at {storage.normalize(uri)} is not finished (no _SUCCESS); run "
+            f"`{command}` first (it resumes where it stopped)"
+        )
+
+
+def require_final(final: str, command: str) -> None:
+    """A checkpoint folder given by the user must hold the final weights and their config."""
+    from zeroseg.checkpoint import CONFIG, WEIGHTS
+
+    for name in (WEIGHTS, CONFIG):
+        if not storage.exists(storage.join(final, name)):
+            raise FileNotFoundError(
+                f"no finished training run at {storage.normalize(final)} ({name} is missing); "
+                f"run `{command}` first, or pass --checkpoint <a run's final/ folder>"
+            )
+
+
+def run_stages(
+    cfg: Config,
+    stages: Sequence[str] = STAGES,
+    log: Callable[[str], None] = print,
+    cache: str | None = None,
+    checkpoint: str | None = None,
+    teacher: dict[str, Any] | None = None,
+    commands: dict[str, str] | None = None,
+) -> Outputs:
+    """Run ``stages`` (in pipeline order) for ``cfg``. A stage that is not run but is needed
+    downstream must be finished already: ``cache`` / ``checkpoint`` name it, else it is found
+    by the config's fingerprints, else the error names the command to run (``commands``)."""
     from .cluster import ensure_ray
     from .evaluate import run_eval
     from .extract import run_extract
     from .teachers import resolve_teacher
     from .train import run_train
 
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; the stages are {', '.join(STAGES)}")
+    wanted = [s for s in STAGES if s in stages]
+    commands = {s: f"zeroseg {s}" for s in STAGES} | (commands or {})
+    out = Outputs(teacher=teacher, cache=cache, final=checkpoint)
 
     def timed(name: str, fn, *args):
         t0 = time.perf_counter()
-        out = fn(*args)
-        timings[name] = time.perf_counter() - t0
-        return out
+        value = fn(*args)
+        out.timings[name] = out.timings.get(name, 0.0) + time.perf_counter() - t0
+        return value
 
-    write_run_info(cfg.storage.root, "run", config_to_dict(cfg))
-    timed("world", ensure_world, cfg, log)
-    teacher = timed("teacher", resolve_teacher, cfg, log)
+    if "extract" in wanted:
+        timed("world", ensure_world, cfg, log)
+    needs_cache = "extract" in wanted or ("train" in wanted and cache is None)
+    needs_cache = needs_cache or ("eval" in wanted and checkpoint is None and cache is None)
+    if needs_cache and out.teacher is None:
+        out.teacher = timed("teacher", resolve_teacher, cfg, log)
+    # every upstream that is not run here is found and checked before Ray starts
+    if "train" in wanted and cache is not None:
+        require_finished(cache, "teacher cache", commands["extract"])
+    if "extract" not in wanted and needs_cache and out.cache is None:
+        try:
+            out.cache = finished_cache(cfg, out.teacher, commands["extract"])
+        except FileNotFoundError as exc:
+            if "train" in wanted:
+                raise
+            raise FileNotFoundError(f"{exc}, then `{commands['train']}`") from None
+    if "train" in wanted and "extract" not in wanted:
+        from .train import check_cache
+
+        check_cache(cfg, out.cache)  # a cache that does not fit the config: the key named
+    if "eval" in wanted and "train" not in wanted:
+        if out.final is None:
+            out.final = finished_final(cfg, out.cache, commands["train"])
+        require_final(out.final, commands["train"])
     timed("ray_start", ensure_ray, cfg)
-    cache = timed("extract", run_extract, cfg, log, teacher)
-    final = timed("train", run_train, cfg, cache, log)
-    metrics = timed("eval", run_eval, cfg, final, log)
+    if "extract" in wanted:
+        out.cache = timed("extract", run_extract, cfg, log, out.teacher)
+    if "train" in wanted:
+        out.final = timed("train", run_train, cfg, out.cache, log)
+    if "eval" in wanted:
+        from zeroseg.config import eval_benchmarks
+
+        for benchmark in eval_benchmarks(cfg.eval):
+            out.metrics[benchmark] = timed("eval", run_eval, cfg, out.final, log, benchmark)
+    return out
+
+
+def run_all(cfg: Config, log=print) -> dict[str, Any]:
+    """``zeroseg run``: every stage, then ``summary.json`` and the results table."""
+    t_all = time.perf_counter()
+    write_run_info(cfg.storage.root, "run", config_to_dict(cfg))
+    out = run_stages(cfg, STAGES, log)
+    timings = {k: out.timings.get(k, 0.0) for k in ("world", "teacher", "ray_start", *STAGES)}
     timings["total"] = time.perf_counter() - t_all
-    summary = summarize(metrics, teacher, final, timings, job=cfg.train.name)
+    first, *_ = out.metrics.values()
+    summary = summarize(first, out.teacher, out.final, timings, cfg.train.name, out.metrics)
     storage.write_json(storage.join(cfg.storage.root, "summary.json"), summary)
     log("\n" + format_table(summary))
     log(f"\nsummary: {storage.join(cfg.storage.root, 'summary.json')}")

@@ -7,8 +7,8 @@ from typing import Any
 
 from zeroseg import storage
 
-from .extract import FAILED_DIR, RUN_INFO, failed_shards
-from .runner import StageDir
+from .extract import RUN_INFO, failed_shards
+from .runner import FAILED_DIR, StageDir
 
 
 def stage_status(stage_dir: str, now_unix: float | None = None) -> dict[str, Any]:

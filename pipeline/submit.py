@@ -23,10 +23,12 @@ import yaml
 
 from zeroseg.config import Config, ConfigError, config_to_dict, load_config
 
+from .run import STAGES as PIPELINE_STAGES
 from .runner import code_version, fingerprint
 
 PROJECT = "zeroseg"
-STAGES = ("extract", "train", "eval", "run")
+# a submitted job runs the same command on the cluster, so it goes through the same runner
+STAGES = (*PIPELINE_STAGES, "run")
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV = ROOT / "jobs" / "runtime_env.yaml"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}

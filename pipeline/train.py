@@ -22,12 +22,23 @@ from zeroseg.config import Config, TrainConfig, config_to_dict
 from zeroseg.train_step import LOSS_TERMS
 
 from .cache import CacheReader
-from .runner import code_version, fingerprint, now, write_run_info
+from .runner import (
+    Stage,
+    StageDir,
+    UnitFailure,
+    code_version,
+    fingerprint,
+    is_transient,
+    now,
+    run_stage,
+    write_run_info,
+)
 
 # Operational keys: they decide where, how fast and how safely training runs, not the weights.
+# (The worker count is not one: each rank's batch and slice of the rows round down with it, so
+# it changes the effective batch and the data order.)
 OPERATIONAL_KEYS = (
     "name",
-    "num_workers",
     "cpus_per_worker",
     "use_gpu",
     "resource_label",
@@ -43,15 +54,15 @@ OPERATIONAL_KEYS = (
 )
 # Recipe keys added after runs were fingerprinted: left out at their default, so a config that
 # does not use them keeps its run folder.
-LATER_RECIPE_DEFAULTS = {"lr_scaling": "none", "precision": "bf16"}
+LATER_RECIPE_DEFAULTS = {"lr_scaling": "none", "precision": "bf16", "num_workers": 1}
 # Amount of train.resource_label each worker asks for: the label pins workers to nodes that
 # offer it without competing for it.
 RESOURCE_PER_WORKER = 0.001
 
 
 def train_fingerprint(cfg: Config, cache_fp: str) -> str:
-    """What changes the trained weights; worker counts, checkpoint cadence, reader settings and
-    resource labels do not."""
+    """What changes the trained weights (the worker count included); checkpoint cadence, reader
+    settings and resource labels do not."""
     t = config_to_dict(cfg)["train"]
     for k in OPERATIONAL_KEYS:
         t.pop(k)
@@ -445,26 +456,89 @@ def check_worker_resources(cfg: Config, cluster: dict[str, float], local: bool, 
         log(f"[train] warning: {p}")
 
 
+MARKERS = "markers"
+
+
+class TrainStage(Stage):
+    """One unit, the whole run: Ray Train trains (resuming from its newest checkpoint), the
+    final weights are exported, then the run's marker. Ray Train restarts failed workers
+    itself (``train.max_failures``), so the runner does not retry on top of it."""
+
+    name = "train"
+    unit_name = "run"
+    skip_message = "finished run found, skipping"
+
+    def __init__(self, cfg: Config, cache_uri: str, log=print):
+        self.cfg, self.cache_uri, self.log = cfg, cache_uri, log
+        # the upstream: a finished cache that fits this config, else an error naming the key
+        self.reader = check_cache(cfg, cache_uri)
+        storage_path, name = run_dir(cfg, self.reader.manifest["fingerprint"])
+        self.dir = StageDir(storage.join(storage_path, name), marker_dir=MARKERS)
+        self.final_uri = storage.join(self.dir.uri, FINAL)
+
+    def locate(self) -> StageDir:
+        return self.dir
+
+    def check(self) -> None:
+        import ray
+
+        local = not (self.cfg.ray.address or os.environ.get("RAY_ADDRESS"))
+        check_worker_resources(self.cfg, ray.cluster_resources(), local, self.log)
+
+    def units(self) -> list[int]:
+        return [0]
+
+    def run_units(self, pending: list[int]) -> dict[int, UnitFailure]:
+        t0 = time.perf_counter()
+        try:
+            # final weights without a marker: a run finished before runs had markers
+            if not storage.exists(storage.join(self.final_uri, WEIGHTS)):
+                _fit(self.cfg, self.cache_uri, self.reader, self.dir.uri, self.final_uri, self.log)
+        except TrainingFailed as exc:
+            return {0: UnitFailure(str(exc), is_transient(exc.cause) if exc.cause else False)}
+        except Exception as exc:
+            return {0: UnitFailure.of(exc)}
+        info = storage.read_json(storage.join(self.final_uri, CONFIG))
+        self.dir.write_marker(
+            0,
+            {
+                "final": self.final_uri,
+                "steps": info.get("steps"),
+                "train_seconds": info.get("train_seconds"),
+                "seconds": round(time.perf_counter() - t0, 3),
+                "finished_at": now(),
+            },
+        )
+        return {}
+
+    def result(self) -> str:
+        return self.final_uri
+
+
+class TrainingFailed(RuntimeError):
+    """Ray Train gave up (after its own worker restarts); ``cause`` is the worker's error."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message)
+        self.cause = cause
+
+
 def run_train(cfg: Config, cache_uri: str, log=print) -> str:
     """Train (or resume) the student on a finished cache; returns the final weights' folder."""
-    import ray
+    return run_stage(TrainStage(cfg, cache_uri, log), log)
+
+
+def _fit(
+    cfg: Config, cache_uri: str, reader: CacheReader, run_uri: str, final_uri: str, log
+) -> None:
+    """Ray Train on the cache, then the final weights exported to ``final_uri``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
 
     from .cache_stream import cache_payload_bytes, choose_reader
 
-    reader = check_cache(cfg, cache_uri)
     manifest = reader.manifest
-    cache_fp = manifest["fingerprint"]
-    storage_path, name = run_dir(cfg, cache_fp)
-    run_uri = storage.join(storage_path, name)
-    final_uri = storage.join(run_uri, FINAL)
-    if storage.exists(storage.join(final_uri, WEIGHTS)):
-        log(f"[train] finished run found, skipping: {final_uri}")
-        return final_uri
-    check_worker_resources(
-        cfg, ray.cluster_resources(), not (cfg.ray.address or os.environ.get("RAY_ADDRESS")), log
-    )
+    storage_path, name = run_dir(cfg, manifest["fingerprint"])
     student = student_config(cfg)
     if student.get("stem") == "teacher" and not student.get("teacher_model"):
         student["teacher_model"] = manifest["teacher"]["model"]  # the cache's own teacher
@@ -500,7 +574,7 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
     t0 = time.perf_counter()
     result = trainer.fit()
     if result.error:
-        raise RuntimeError(f"training failed: {result.error}")
+        raise TrainingFailed(f"training failed: {result.error}", result.error)
     if result.checkpoint is None:
         raise RuntimeError("training finished without a checkpoint")
     export_final(
@@ -513,7 +587,6 @@ def run_train(cfg: Config, cache_uri: str, log=print) -> str:
         time.perf_counter() - t0,
         log,
     )
-    return final_uri
 
 
 def export_final(

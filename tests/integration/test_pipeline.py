@@ -229,6 +229,46 @@ def test_rerun_skips_every_finished_stage(demo):
     assert again["student"]["miou"] == summary["student"]["miou"]
 
 
+def test_run_evaluates_every_listed_benchmark(demo, teacher_cache, tmp_path):
+    """`zeroseg run` scores each entry of eval.benchmarks, not only the first."""
+    from tests.eval_fixtures import write_voc
+
+    cfg, summary, _ = demo
+    write_voc(str(tmp_path / "voc"), n=3)
+    both = load_config(
+        "jobs/demo.yaml",
+        [
+            *tiny_overrides(cfg.storage.root, teacher_cache),
+            "world.n_generalisation=6",
+            "eval.benchmarks=[shapes,voc]",
+            f"eval.data_root={tmp_path / 'voc'}",
+        ],
+    )
+    logs: list[str] = []
+    again = run_all(both, log=logs.append)
+    text = "\n".join(logs)
+    assert "[train] finished run found, skipping" in text
+    assert set(again["benchmarks"]) == {"shapes", "voc"}
+    assert again["benchmarks"]["voc"]["num_images"] == 3
+    assert again["benchmarks"]["shapes"]["student_miou"] == summary["student"]["miou"]
+    assert again["student"]["miou"] == summary["student"]["miou"]  # the first stays in full
+    (voc,) = [d for d in os.listdir(os.path.join(cfg.storage.root, "eval")) if _has(cfg, d, "voc")]
+    assert os.path.exists(os.path.join(cfg.storage.root, "eval", voc, "voc", "_SUCCESS"))
+    assert "benchmark voc (3 images)" in text
+
+
+def _has(cfg, fp: str, benchmark: str) -> bool:
+    return os.path.isdir(os.path.join(cfg.storage.root, "eval", fp, benchmark))
+
+
+def test_train_writes_its_marker_and_success(demo):
+    cfg, summary, _ = demo
+    run = os.path.dirname(summary["checkpoint"])
+    assert os.path.exists(os.path.join(run, "_SUCCESS"))
+    marker = json.load(open(os.path.join(run, "markers", "00000.json")))
+    assert marker["final"] == summary["checkpoint"] and marker["steps"] > 0
+
+
 def test_extract_resume_recomputes_only_missing_shards(demo):
     from pipeline.extract import run_extract
 

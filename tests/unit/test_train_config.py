@@ -16,7 +16,6 @@ from zeroseg.train_step import lr_at, peak_lr
 
 OPERATIONAL = [
     "train.name=other",
-    "train.num_workers=8",
     "train.cpus_per_worker=4",
     "train.use_gpu=true",
     "train.resource_label=train_worker",
@@ -39,6 +38,15 @@ def test_operational_keys_leave_the_fingerprint_alone():
     assert train_fingerprint(load_config("jobs/demo.yaml", OPERATIONAL), "cachefp") == base
     for recipe in ("train.lr_scaling=mae", "train.precision=fp32", "train.seed=1"):
         assert train_fingerprint(load_config("jobs/demo.yaml", [recipe]), "cachefp") != base
+
+
+def test_the_worker_count_is_part_of_the_run():
+    """Each rank's batch and row slice round down with the world size, so another worker count
+    trains with another effective batch and data order: it must not resume the old run."""
+    base = train_fingerprint(load_config("jobs/demo.yaml"), "cachefp")
+    two = train_fingerprint(load_config("jobs/demo.yaml", ["train.num_workers=2"]), "cachefp")
+    three = train_fingerprint(load_config("jobs/demo.yaml", ["train.num_workers=3"]), "cachefp")
+    assert len({base, two, three}) == 3
 
 
 def test_existing_configs_keep_their_run_folder():
