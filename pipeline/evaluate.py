@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from zeroseg import storage
+from zeroseg.checkpoint import WEIGHTS, read_final_config
 from zeroseg.config import Config, ConfigError, config_to_dict, eval_benchmarks
 
 from .runner import (
@@ -206,7 +207,7 @@ def eval_part(
 def eval_fingerprint(
     cfg: Config, final_uri: str, proto: dict[str, Any], roots: dict[str, str]
 ) -> str:
-    weights = storage.join(final_uri, "model.safetensors")
+    weights = storage.join(final_uri, WEIGHTS)
     return fingerprint(
         {
             "weights": {"uri": storage.normalize(weights), **storage.file_signature(weights)},
@@ -246,7 +247,7 @@ class EvalStage(Stage):
         self.benchmark = benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
         bench_reader = _reader(benchmark, benchmark_root(cfg, benchmark))
         self.class_names = class_names = bench_reader.class_names()
-        student_info = storage.read_json(storage.join(final_uri, "config.json"))
+        student_info = read_final_config(final_uri)
         self.proto = protocol(cfg, class_names, int(student_info["views"]["crop_size"]), benchmark)
         self.roots = plan_splits(cfg, benchmark, self.proto["tune_on_val"])
         ids = {"bench": bench_reader.sample_ids()}

@@ -1,10 +1,11 @@
 """The ``final/`` folder a finished training run leaves, named in one place.
 
-``final/`` holds :data:`WEIGHTS` (safetensors, written last, so its presence marks the run
-finished) and :data:`CONFIG` (the resolved student config, the teacher it was distilled from,
-its views and, when the targets were centred, ``target_center``). The trainer that writes the
-folder and every reader (evaluation, ``zeroseg segment``, :func:`zeroseg.models.create_student`)
-take the names from here. Light on purpose: importing it loads neither torch nor the models.
+``final/`` holds :data:`WEIGHTS` (safetensors, written last in the folder; the run's marker
+and ``_SUCCESS`` follow it) and :data:`CONFIG` (the resolved student config, the teacher it was
+distilled from, its views and, when the targets were centred, ``target_center``). The trainer
+that writes the folder and every reader (evaluation, ``zeroseg segment``,
+:func:`zeroseg.models.create_student`) take the names from here. Light on purpose: importing
+it loads neither torch nor the models.
 """
 
 from __future__ import annotations
