@@ -107,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    verbose_help = (
+        "also print third-party log lines (open_clip's INFO lines and warnings about the models "
+        "it builds), here and in the local Ray workers"
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", metavar="command")
 
     p = sub.add_parser(
@@ -307,6 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also write label maps: <stem>.npy (int32) and <stem>_labels.png (palette PNG); "
         "0 background, k = the k-th class",
     )
+    for command in sub.choices.values():  # also after the command: zeroseg run --verbose
+        command.add_argument(
+            "--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help=verbose_help
+        )
     return parser
 
 
@@ -331,6 +340,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    if args.verbose:
+        import logging
+
+        from zeroseg.logs import set_verbose
+
+        # before Ray starts: the environment carries the setting into local Ray workers
+        set_verbose(True)
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _dispatch(args, parser)
     except ConfigError as exc:

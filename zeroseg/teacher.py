@@ -23,8 +23,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .logs import quiet_third_party_logs
 from .toy_assets import SHIPPED, TOY_MODEL, verified_shipped_weights
 from .views import resize_views
+
+# open_clip narrates every model and tokenizer it builds; a run prints its own progress instead
+# (zeroseg.logs; ZEROSEG_VERBOSE=1 or `zeroseg --verbose` brings the lines back).
+quiet_third_party_logs()
 
 # Autocast dtypes of the image forward; fp32 runs without autocast. Half precision changes the
 # embeddings, so the extract stage keeps it in the cache's fingerprint.
