@@ -60,7 +60,7 @@ def test_sincos_shape_and_rescaling():
 def test_forward_shapes_and_diagnostics(tiny):
     tiny.train()
     x = torch.rand(3, 3, 64, 64)
-    out = tiny(x, generator=torch.Generator().manual_seed(0))
+    out = tiny(x, mask_ratio=0.6, generator=torch.Generator().manual_seed(0))
     assert out["z"].shape == (3, D)
     assert out["segments"].shape == (3, 8, D)
     assert out["recon_loss"].ndim == 0 and out["recon_loss"].item() > 0
@@ -79,8 +79,8 @@ def test_forward_shapes_and_diagnostics(tiny):
 def test_forward_reproducible_with_generator(tiny):
     tiny.train()
     x = torch.rand(2, 3, 64, 64)
-    a = tiny(x, generator=torch.Generator().manual_seed(5))
-    b = tiny(x, generator=torch.Generator().manual_seed(5))
+    a = tiny(x, mask_ratio=0.6, generator=torch.Generator().manual_seed(5))
+    b = tiny(x, mask_ratio=0.6, generator=torch.Generator().manual_seed(5))
     assert torch.allclose(a["z"], b["z"]) and torch.allclose(a["recon_loss"], b["recon_loss"])
 
 
@@ -99,7 +99,7 @@ def test_segment_outputs(tiny):
 def test_backward_reaches_every_parameter(tiny):
     tiny.train()
     tiny.zero_grad()
-    out = tiny(torch.rand(2, 3, 64, 64))
+    out = tiny(torch.rand(2, 3, 64, 64), mask_ratio=0.6)
     (out["z"].sum() + out["segments"].sum() + out["recon_loss"]).backward()
     missing = [n for n, p in tiny.named_parameters() if p.grad is None]
     assert not missing, missing
@@ -198,7 +198,7 @@ def test_conv_stem_patch_proj_and_dense_outputs():
     torch.manual_seed(0)
     m = build_student("student-tiny", D, stem="conv", patch_proj=True, assign="centered")
     m.train()
-    out = m(torch.rand(2, 3, 64, 64), generator=torch.Generator().manual_seed(0))
+    out = m(torch.rand(2, 3, 64, 64), mask_ratio=0.6, generator=torch.Generator().manual_seed(0))
     n_vis = round(0.4 * 64)
     assert out["patch_groups"].shape == (2, n_vis, 8)
     assert torch.allclose(out["patch_groups"].sum(-1), torch.ones(2, n_vis), atol=1e-5)
@@ -339,3 +339,16 @@ def test_precomputed_teacher_stem_features_give_the_same_forward():
     assert torch.allclose(grads[0], grads[1], atol=1e-4)
     with pytest.raises(ValueError, match="teacher"):
         build_student("student-tiny-dense", 128).stem_features(x)
+
+
+def test_mask_ratio_is_the_recipes_not_the_architectures():
+    # the training recipe (train.mask_ratio) says how much is hidden; a saved config.json of an
+    # earlier run still holds the architecture's old field, which loading ignores
+    saved = student_config("student-tiny") | {"mask_ratio": 0.6}
+    assert "mask_ratio" not in build_student(saved, D).cfg.to_dict()
+    model = build_student("student-tiny", D).train()
+    x = torch.rand(2, 3, 64, 64)
+    assert model(x)["patch_index"].shape == (2, 64)  # nothing hidden unless asked
+    assert model(x, mask_ratio=0.5)["patch_index"].shape == (2, 32)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        model(x, mask_ratio=1.0)

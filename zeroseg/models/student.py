@@ -1,10 +1,11 @@
 """The ZeroSeg student: MAE encoder + reconstruction decoder + grouping segmentation head.
 
-Training: a random subset of patches (``1 - mask_ratio``) goes through the encoder; the decoder
-reconstructs the masked patches (MSE); the segmentation head groups the *visible* tokens into
-segment tokens; a global head pools the segments into ``z``. Both ``z`` and the segments are
-projected into the teacher's embedding space, where the distillation losses compare them with the
-teacher's views. At test time nothing is masked and the head sees every patch.
+Training: a random subset of patches (``1 - mask_ratio``, the recipe's ``train.mask_ratio``)
+goes through the encoder; the decoder reconstructs the masked patches (MSE); the segmentation
+head groups the *visible* tokens into segment tokens; a global head pools the segments into
+``z``. Both ``z`` and the segments are projected into the teacher's embedding space, where the
+distillation losses compare them with the teacher's views. At test time nothing is masked and
+the head sees every patch.
 """
 
 from __future__ import annotations
@@ -24,22 +25,28 @@ from .grouping import ASSIGN_MODES, Assignment, GroupingBlock, GroupProjector
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STEMS = ("patch", "conv", "teacher")
+# Fields saved by earlier versions that the architecture no longer has: ignored on load, so a
+# run's final/config.json keeps loading. mask_ratio moved to the training recipe
+# (train.mask_ratio), which always supplied the ratio training used.
+LEGACY_FIELDS = ("mask_ratio",)
 
 
 @dataclass
 class StudentConfig:
-    """Architecture and training-time behaviour of the student; round-trips through JSON.
+    """Architecture of the student; round-trips through JSON. How much is masked is a training
+    setting (``train.mask_ratio``, passed to :meth:`Student.forward`), not part of the net.
 
-    Stated by the paper: ViT-B encoder over visible patches, mask ratio 0.6, 8-layer decoder with
-    MSE on masked patches, 5-layer head with grouping after blocks 2 and 4 (32 then 8 groups), one
-    global block -> mean pool -> MLP. Inferred, hence configurable (defaults in brackets): patch 16,
-    decoder width 512; fixed sin-cos positions; GroupViT-style grouping with a cross-attention
-    block before assignment [pre_assign_attn=True], dot-product logits [assign="dot"; the small
-    presets use "cosine" with cosine_scale=10], straight-through hard Gumbel-softmax with tau 1
-    [gumbel=True, hard_assignment=True]; group tokens of stage k>1 = learnable tokens + token-mixing
-    MLP of stage k-1's segments; group-token init std [0.02; small presets 1.0, which spreads
-    patches over more groups at init]; reconstruction target = mean/std-normalised pixels without
-    per-patch normalisation [norm_pix_loss=False]; ImageNet pixel mean/std.
+    Stated by the paper: ViT-B encoder over visible patches (mask ratio 0.6, the recipe's), 8-layer
+    decoder with MSE on masked patches, 5-layer head with grouping after blocks 2 and 4 (32 then 8
+    groups), one global block -> mean pool -> MLP. Inferred, hence configurable (defaults in
+    brackets): patch 16, decoder width 512; fixed sin-cos positions; GroupViT-style grouping with a
+    cross-attention block before assignment [pre_assign_attn=True], dot-product logits
+    [assign="dot"; the small presets use "cosine" with cosine_scale=10], straight-through hard
+    Gumbel-softmax with tau 1 [gumbel=True, hard_assignment=True]; group tokens of stage k>1 =
+    learnable tokens + token-mixing MLP of stage k-1's segments; group-token init std [0.02; small
+    presets 1.0, which spreads patches over more groups at init]; reconstruction target =
+    mean/std-normalised pixels without per-patch normalisation [norm_pix_loss=False]; ImageNet pixel
+    mean/std.
     """
 
     image_size: int = 224
@@ -66,7 +73,6 @@ class StudentConfig:
     projector_hidden_ratio: float = 0.5
     group_token_std: float = 0.02
     global_depth: int = 1
-    mask_ratio: float = 0.6
     norm_pix_loss: bool = False
     # Beyond the paper: a linear map of every encoder token into the teacher space, so a dense
     # loss can regress each patch to the teacher embedding of the grid cell it lies in.
@@ -93,7 +99,9 @@ class StudentConfig:
 
     @classmethod
     def from_dict(cls, cfg: dict[str, Any]) -> StudentConfig:
-        """Build from a dict, refusing unknown keys so typos fail loudly."""
+        """Build from a dict, refusing unknown keys so typos fail loudly (the fields of
+        :data:`LEGACY_FIELDS` that saved configs may hold are dropped)."""
+        cfg = {k: v for k, v in cfg.items() if k not in LEGACY_FIELDS}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
@@ -126,8 +134,6 @@ class StudentConfig:
             raise ValueError("stem_pixels adds pixels to the teacher stem: set stem='teacher'")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             raise ValueError("the conv stem needs a power-of-two patch_size >= 2")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            raise ValueError("mask_ratio must be in [0, 1)")
         for w, h, name in (
             (self.width, self.num_heads, "width"),
             (self.decoder_width, self.decoder_heads, "decoder_width"),
@@ -522,13 +528,14 @@ class Student(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask_ratio: float | None = None,
+        mask_ratio: float = 0.0,
         generator: torch.Generator | None = None,
         stem_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Images (B, 3, H, W) in [0, 1] -> outputs and training diagnostics.
 
-        ``mask_ratio`` defaults to the config's ratio in training mode and 0 in eval mode. The
+        ``mask_ratio`` is the share of patches hidden from the encoder: training passes
+        ``train.mask_ratio``; the default 0 shows every patch (no reconstruction). The
         generator seeds the masking and the Gumbel noise. ``stem_features`` (teacher stem only)
         are the frozen tower's ``patch_embed.features`` of these images, computed earlier.
 
@@ -539,8 +546,8 @@ class Student(nn.Module):
         (B, N', D); and detached scalars ``assign_logit_std`` (mean over stages), ``groups_used``
         (final stage), plus per-stage ``assign_logit_std_{k}`` / ``groups_used_{k}`` (k from 1).
         """
-        if mask_ratio is None:
-            mask_ratio = self.cfg.mask_ratio if self.training else 0.0
+        if not 0.0 <= mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         img = self.normalize(x)
         tokens, keep, restore, grid = self.encode(img, mask_ratio, generator, stem_features)
         if restore is not None:
