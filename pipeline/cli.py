@@ -76,8 +76,27 @@ DESCRIPTIONS = {
 }
 
 
+class _OneConfig(argparse.Action):
+    """``--config`` names one job file, which composes others through its ``defaults:`` list;
+    a second ``--config`` is refused rather than silently replacing the first."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if getattr(namespace, self.dest, None) is not None:
+            parser.error(
+                f"{option_string} given twice: name one job file and list the files it builds "
+                "on in its `defaults:` (docs/configuration.md)"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def _config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", help="YAML job config (defaults when omitted)")
+    p.add_argument(
+        "--config",
+        "-c",
+        action=_OneConfig,
+        help="YAML job config (defaults when omitted); its `defaults:` list names the files it "
+        "builds on, e.g. `defaults: [paper_exact]`",
+    )
     p.add_argument(
         "overrides",
         nargs="*",

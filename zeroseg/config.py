@@ -1,16 +1,21 @@
-"""Typed configuration: dataclass schema -> YAML file -> ``key=value`` overrides.
+"""Typed configuration: dataclass schema -> YAML files -> ``key=value`` overrides.
 
 One schema serves every stage so that a single YAML describes a whole run and each stage reads
-the sections it needs. Validation happens here, before any cluster work: an unknown key or a
-value of the wrong type raises :class:`ConfigError` naming the dotted key.
+the sections it needs. A YAML file may build on others through a top-level ``defaults:`` list
+(``defaults: [paper_exact]``), so a job is a small overlay on the paper's recipe instead of a
+copy of it. Validation happens here, before any cluster work: an unknown key or a value of the
+wrong type raises :class:`ConfigError` naming the dotted key (and the file it came from).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -26,8 +31,15 @@ __all__ = [
     "actor_range",
     "ConfigError",
     "load_config",
+    "config_files",
     "config_to_dict",
+    "paper_deviations",
+    "PAPER_RECIPE",
 ]
+
+# The top-level key of a YAML file that names the files it builds on.
+DEFAULTS_KEY = "defaults"
+ConfigPaths = str | Path | Sequence[str | Path] | None
 
 
 class ConfigError(ValueError):
@@ -135,12 +147,15 @@ class StudentConfig:
 
 @dataclass
 class TrainConfig:
+    # --- the paper's recipe: schedule, masking and the three losses (defaults = the paper) ---
     name: str = "demo"
     epochs: int = 10
     batch_size: int = 64
     lr: float = 1.5e-3
     weight_decay: float = 0.05
     warmup_epochs: int = 1
+    # Share of the patches the encoder does not see (the paper: 0.6). The student's one mask
+    # ratio: the architecture has none of its own.
     mask_ratio: float = 0.6
     num_workers: int = 1
     cpus_per_worker: float = 2.0
@@ -150,23 +165,25 @@ class TrainConfig:
     w_multiscale: float = 1.0
     w_matching: float = 1.0
     w_recon: float = 1.0
-    # Beyond the paper (0 = off): per-patch terms against the teacher embedding of the 4x4 cell
-    # each patch lies in; they keep the grouping from collapsing on the shapes world
-    # (docs/student_research.md).
-    w_dense: float = 0.0
-    w_patch: float = 0.0
-    # Beyond the paper (0 = off): a pairwise colour prior on the grouping (neighbouring pixels of
-    # one colour share a group, of clearly different colours do not).
-    w_affinity: float = 0.0
-    # Score the per-patch terms as cosine after subtracting the dataset-mean teacher embedding,
-    # so differences between classes dominate them (docs/student_research.md).
-    center_targets: bool = False
     # Grid levels of the cache that training uses (empty = every cached level): the grid
     # ablation trains on a subset of one cache. Must include 1. The per-patch terms use the
     # finest level in use.
     view_levels: list[int] = field(default_factory=list)
     # "all": z is distilled to every view (the paper); "global": to the whole image v1 only.
     multiscale_views: str = "all"
+    # --- beyond the paper: every term is off at its default, the paper's value; the shapes
+    # world's recipe turns them on in jobs/recipes/beyond_paper.yaml (docs/student_research.md)
+    # Per-patch terms against the teacher embedding of the 4x4 cell each patch lies in; they
+    # keep the grouping from collapsing on the shapes world.
+    w_dense: float = 0.0
+    w_patch: float = 0.0
+    # A pairwise colour prior on the grouping (neighbouring pixels of one colour share a group,
+    # of clearly different colours do not).
+    w_affinity: float = 0.0
+    # Score the per-patch terms as cosine after subtracting the dataset-mean teacher embedding,
+    # so differences between classes dominate them.
+    center_targets: bool = False
+    # --- the paper's recipe, continued ---
     grad_clip: float = 1.0
     max_steps: int = 0  # 0 = run all epochs; >0 caps the step count (smoke tests)
     # "none": train.lr is the learning rate; "mae": train.lr is a base rate scaled by the global
@@ -360,18 +377,29 @@ def _check(cfg: Config) -> None:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
 
 
-def _student_problems(cfg: Config) -> list[tuple[str, str]]:
-    """The preset and its overrides must make a valid student before any cluster work."""
+def _architecture(cfg: Config) -> dict[str, Any]:
+    """The student's fields: its preset's, then ``student.overrides``, then the teacher stem's
+    tower (what the train stage fills in). KeyError for an unknown preset."""
     from .models.registry import student_config
-    from .models.student import StudentConfig as Architecture
 
-    try:
-        merged = student_config(cfg.student.preset)
-    except KeyError as exc:
-        return [("student.preset", str(exc.args[0]))]
+    merged = student_config(cfg.student.preset)
     merged.update(cfg.student.overrides)
     if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
-        merged["teacher_model"] = cfg.teacher.model  # what the train stage fills in
+        merged["teacher_model"] = cfg.teacher.model
+    return merged
+
+
+def _student_problems(cfg: Config) -> list[tuple[str, str]]:
+    """The preset and its overrides must make a valid student before any cluster work."""
+    from .models.student import StudentConfig as Architecture
+
+    if "mask_ratio" in cfg.student.overrides:
+        why = "the student's mask ratio is a training setting: set train.mask_ratio"
+        return [("student.overrides.mask_ratio", why)]
+    try:
+        merged = _architecture(cfg)
+    except KeyError as exc:
+        return [("student.preset", str(exc.args[0]))]
     try:
         arch = Architecture.from_dict(merged)
     except (KeyError, ValueError, TypeError) as exc:
@@ -424,6 +452,45 @@ def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
     return problems
 
 
+# The paper's value of every setting the shapes world's recipe changes or adds
+# (jobs/recipes/beyond_paper.yaml). Keys are dotted config keys, or ``student.<field>`` for a
+# field of the resolved student architecture (its preset, then student.overrides); a tuple lists
+# the values that all keep to the paper (its logits are inferred: dot, or the small presets'
+# cosine).
+PAPER_RECIPE: dict[str, Any] = {
+    "train.mask_ratio": 0.6,
+    "train.w_multiscale": 1.0,
+    "train.w_matching": 1.0,
+    "train.w_recon": 1.0,
+    "train.multiscale_views": "all",
+    "train.w_dense": 0.0,
+    "train.w_patch": 0.0,
+    "train.w_affinity": 0.0,
+    "train.center_targets": False,
+    "eval.student_readout": "segments",
+    "student.stem": "patch",
+    "student.stem_pixels": False,
+    "student.patch_proj": False,
+    "student.assign": ("dot", "cosine"),
+    "student.gumbel": True,
+    "student.hard_assignment": True,
+}
+
+
+def paper_deviations(cfg: Config) -> dict[str, Any]:
+    """Where ``cfg`` leaves the paper's recipe (:data:`PAPER_RECIPE`): key -> its value here.
+
+    Empty for ``jobs/paper_exact.yaml``; a job's summary can name what it adds to the paper."""
+    arch = _architecture(cfg)
+    out: dict[str, Any] = {}
+    for key, paper in PAPER_RECIPE.items():
+        section, name = key.split(".")
+        value = arch.get(name) if section == "student" else getattr(getattr(cfg, section), name)
+        if value not in (paper if isinstance(paper, tuple) else (paper,)):
+            out[key] = value
+    return out
+
+
 def actor_range(extract: ExtractConfig) -> tuple[int, int]:
     """``(min, max)`` size of the extraction actor pool; equal bounds mean a fixed pool."""
     lo = extract.min_actors or extract.num_actors
@@ -439,20 +506,96 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Build a validated :class:`Config` from defaults, an optional YAML file and overrides.
+def _as_paths(path: ConfigPaths) -> list[Path]:
+    if path is None:
+        return []
+    if isinstance(path, (str, Path)):
+        return [Path(path)]
+    return [Path(p) for p in path]
 
-    Overrides use dotted keys (``train.epochs=3``, ``storage.root=s3://b/x``); values are
-    parsed as YAML scalars/lists.
+
+def _read_yaml(path: Path) -> DictConfig:
+    try:
+        data = OmegaConf.load(path)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, DictConfig):
+        raise ConfigError(f"config file {path}: must be a mapping of sections, not a list")
+    return data
+
+
+def _default_path(owner: Path, entry: Any) -> Path:
+    """A ``defaults:`` entry, relative to the file that names it; ``.yaml`` may be left out."""
+    if not isinstance(entry, str) or not entry.strip():
+        raise ConfigError(f"config file {owner}: {DEFAULTS_KEY} entries must be file names")
+    path = Path(os.path.normpath(owner.parent / os.path.expanduser(entry.strip())))
+    if not path.exists() and path.suffix not in (".yaml", ".yml"):
+        path = path.with_name(path.name + ".yaml")
+    if not path.is_file():
+        raise ConfigError(f"config file {owner}: {DEFAULTS_KEY} entry {entry!r} not found: {path}")
+    return path
+
+
+def _config_layers(path: ConfigPaths) -> list[tuple[Path, DictConfig]]:
+    """Every file's own keys, in the order they apply: a file after the files it builds on.
+
+    A file reached twice (two overlays of one base) is applied once, where it is first reached,
+    so a later base cannot undo an earlier overlay. A file that builds on itself is an error."""
+    layers: list[tuple[Path, DictConfig]] = []
+    applied: set[Path] = set()
+
+    def visit(file: Path, chain: tuple[Path, ...]) -> None:
+        key = file.resolve()
+        if key in (c.resolve() for c in chain):
+            loop = " -> ".join(str(c) for c in (*chain, file))
+            raise ConfigError(f"config file {file}: {DEFAULTS_KEY} form a cycle: {loop}")
+        if key in applied:
+            return
+        data = _read_yaml(file)
+        names = data.pop(DEFAULTS_KEY, None)
+        if names is None:
+            names = []
+        elif isinstance(names, str):
+            names = [names]
+        elif not isinstance(names, Sequence):
+            raise ConfigError(f"config file {file}: {DEFAULTS_KEY} must be a list of files")
+        for entry in names:
+            visit(_default_path(file, entry), (*chain, file))
+        applied.add(key)
+        layers.append((file, data))
+
+    files = _as_paths(path)
+    for file in files:
+        if not file.is_file():
+            raise ConfigError(f"config file not found: {file}")
+    for file in files:
+        visit(file, ())
+    return layers
+
+
+def config_files(path: ConfigPaths) -> list[Path]:
+    """The YAML files a job is built from, in the order they apply (its ``defaults:`` first)."""
+    return [file for file, _ in _config_layers(path)]
+
+
+def load_config(path: ConfigPaths = None, overrides: list[str] | None = None) -> Config:
+    """Build a validated :class:`Config` from defaults, YAML files and overrides.
+
+    ``path`` is one YAML file, several (merged in order) or None (the schema's defaults). A
+    file's ``defaults:`` list names files it builds on, relative to it; they apply first, in
+    order, then the file's own keys, then the next file, then ``overrides``. Sections and maps
+    merge key by key; a list is replaced as a whole. Overrides use dotted keys
+    (``train.epochs=3``, ``storage.root=s3://b/x``); values are parsed as YAML scalars/lists.
     """
     schema = OmegaConf.structured(Config)
+    layers = _config_layers(path)
     try:
-        if path is not None:
-            path = Path(path)
-            if not path.exists():
-                raise ConfigError(f"config file not found: {path}")
-            file_cfg = OmegaConf.load(path)
-            schema = OmegaConf.merge(schema, file_cfg)
+        for file, data in layers:
+            try:
+                schema = OmegaConf.merge(schema, data)
+            except OmegaConfBaseException as exc:
+                msg = str(exc).splitlines()[0]
+                raise ConfigError(f"config key '{_error_key(exc)}' in {file}: {msg}") from None
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} is not of the form key=value")

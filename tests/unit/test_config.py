@@ -2,7 +2,22 @@ import json
 
 import pytest
 
-from zeroseg.config import Config, ConfigError, config_to_dict, load_config
+from zeroseg.config import (
+    PAPER_RECIPE,
+    Config,
+    ConfigError,
+    config_files,
+    config_to_dict,
+    load_config,
+    paper_deviations,
+)
+
+
+def _write(folder, name, text):
+    path = folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
 
 
 def test_defaults_and_yaml_and_overrides(tmp_path):
@@ -33,6 +48,8 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ("student.preset=student-huge", "student.preset"),
         ("student.overrides.widht=64", "student.overrides"),
         ("student.overrides.stem=lens", "student.overrides"),
+        # the mask ratio is the training recipe's, once
+        ("student.overrides.mask_ratio=0.5", "train.mask_ratio"),
         ("world.n_generalisation=-1", "world.n_generalisation"),
         ("world.generalisation_image_size=4", "world.generalisation_image_size"),
         # the split was renamed: the old keys are refused, not silently ignored
@@ -97,3 +114,109 @@ def test_every_key_is_documented():
             assert f"{section}.{key}" in doc or f"`{key}`" in doc or f"/ `{key}`" in doc, (
                 f"{section}.{key} missing from docs/configuration.md"
             )
+
+
+def test_defaults_apply_in_order_then_the_file_then_overrides(tmp_path):
+    _write(tmp_path, "base.yaml", "train:\n  epochs: 3\n  lr: 0.1\nstorage:\n  root: /b\n")
+    _write(tmp_path, "parts/fast.yaml", "train:\n  epochs: 1\n  batch_size: 8\n")
+    job = _write(
+        tmp_path, "job.yaml", "defaults: [base, parts/fast.yaml]\ntrain:\n  batch_size: 16\n"
+    )
+    cfg = load_config(job, ["train.lr=0.5"])
+    assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr) == (1, 16, 0.5)
+    assert cfg.storage.root == "/b" and cfg.data.train == "/b/data/train"
+    assert config_files(job) == [tmp_path / "base.yaml", tmp_path / "parts/fast.yaml", job]
+    # defaults are relative to the file that names them, wherever the command runs
+    _write(tmp_path, "parts/deeper.yaml", "defaults: [../base]\ntrain:\n  epochs: 9\n")
+    assert load_config(tmp_path / "parts/deeper.yaml").train.lr == 0.1
+
+
+def test_several_files_merge_in_order(tmp_path):
+    a = _write(tmp_path, "a.yaml", "train:\n  epochs: 3\n  lr: 0.1\n")
+    b = _write(tmp_path, "b.yaml", "train:\n  epochs: 4\n")
+    cfg = load_config([a, str(b)])
+    assert (cfg.train.epochs, cfg.train.lr) == (4, 0.1)
+    assert load_config([b, a]).train.epochs == 3
+    assert config_to_dict(load_config([])) == config_to_dict(load_config(None))
+
+
+def test_maps_merge_by_key_and_lists_are_replaced(tmp_path):
+    _write(
+        tmp_path,
+        "base.yaml",
+        "student:\n  preset: student-tiny-dense\n  overrides: {stem: conv}\n"
+        "views:\n  levels: [1, 2, 3, 4]\n",
+    )
+    job = _write(
+        tmp_path,
+        "job.yaml",
+        "defaults: [base]\nstudent:\n  overrides: {depth: 2}\nviews:\n  levels: [1, 2]\n",
+    )
+    cfg = load_config(job)
+    assert cfg.student.overrides == {"stem": "conv", "depth": 2}
+    assert cfg.views.levels == [1, 2]
+
+
+def test_a_base_reached_twice_applies_once(tmp_path):
+    # two overlays of one base: the second must not undo the first one's change
+    _write(tmp_path, "base.yaml", "train:\n  epochs: 3\n  lr: 0.1\n")
+    _write(tmp_path, "long.yaml", "defaults: [base]\ntrain:\n  epochs: 30\n")
+    _write(tmp_path, "fast.yaml", "defaults: [base]\ntrain:\n  lr: 0.9\n")
+    job = _write(tmp_path, "job.yaml", "defaults: [long, fast]\n")
+    cfg = load_config(job)
+    assert (cfg.train.epochs, cfg.train.lr) == (30, 0.9)
+    assert [p.name for p in config_files(job)] == [
+        "base.yaml",
+        "long.yaml",
+        "fast.yaml",
+        "job.yaml",
+    ]
+
+
+def test_cycles_and_missing_defaults_name_the_file(tmp_path):
+    _write(tmp_path, "a.yaml", "defaults: [b]\n")
+    _write(tmp_path, "b.yaml", "defaults: [a.yaml]\n")
+    with pytest.raises(ConfigError, match="cycle") as err:
+        load_config(tmp_path / "a.yaml")
+    assert "a.yaml -> " in str(err.value) and "b.yaml" in str(err.value)
+    own = _write(tmp_path, "self.yaml", "defaults: [self]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(own)
+    gone = _write(tmp_path, "gone.yaml", "defaults: [nowhere]\n")
+    with pytest.raises(ConfigError, match="gone.yaml.*'nowhere' not found"):
+        load_config(gone)
+    bad = _write(tmp_path, "bad.yaml", "defaults: {a: 1}\n")
+    with pytest.raises(ConfigError, match="bad.yaml.*list"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "a.yaml", tmp_path / "missing.yaml"])
+
+
+def test_a_bad_key_in_a_default_names_key_and_file(tmp_path):
+    _write(tmp_path, "base.yaml", "train:\n  epochz: 3\n")
+    job = _write(tmp_path, "job.yaml", "defaults: [base]\n")
+    with pytest.raises(ConfigError, match=r"train\.epochz.*base\.yaml"):
+        load_config(job)
+    broken = _write(tmp_path, "broken.yaml", "train: [1\n")
+    with pytest.raises(ConfigError, match="broken.yaml.*YAML"):
+        load_config(broken)
+    listed = _write(tmp_path, "listed.yaml", "- train\n")
+    with pytest.raises(ConfigError, match="listed.yaml.*mapping"):
+        load_config(listed)
+
+
+def test_paper_deviations():
+    # the schema's defaults are the paper's recipe; each beyond-the-paper switch is named
+    assert paper_deviations(load_config(None)) == {}
+    cfg = load_config(None, ["train.w_dense=10", "student.overrides.stem=conv"])
+    assert paper_deviations(cfg) == {"train.w_dense": 10.0, "student.stem": "conv"}
+    # each is in the documentation's table of them
+    table = _doc().split("## The paper's recipe and what goes beyond it")[1].split("\n## ")[0]
+    for key in PAPER_RECIPE:
+        assert f"`{key}`" in table or f"/ `{key.split('.')[1]}`" in table, key
+
+
+def _doc() -> str:
+    from pathlib import Path
+
+    return (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()

@@ -1,5 +1,6 @@
-"""Every job config loads and resolves as it always has, the paper-scale configs agree with each
-other, and the runtime env keeps the packaged working dir small."""
+"""Every job config loads and resolves as it always has, the jobs are overlays of the paper's
+recipe, the paper-scale jobs share one cache config, and the runtime env keeps the packaged
+working dir small."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from pipeline.extract import extract_fingerprint
 from pipeline.inputs import InputPlan
 from pipeline.submit import STAGE_SECTIONS, config_fingerprint
 from pipeline.train import train_fingerprint
-from zeroseg.config import Config, config_to_dict, load_config
+from zeroseg.config import Config, config_files, config_to_dict, load_config, paper_deviations
 
 ROOT = Path(__file__).resolve().parents[2]
-JOBS = sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.name != "runtime_env.yaml")
+JOBS_DIR = ROOT / "jobs"
+# Runnable jobs; jobs/recipes/ holds overlays that jobs name in their `defaults:` lists.
+JOBS = sorted(p for p in JOBS_DIR.glob("*.yaml") if p.name != "runtime_env.yaml")
 RAY_WORKING_DIR_LIMIT = 100 * 1024 * 1024
 # What every job resolved to when each file still spelled out its whole recipe. Finished runs
 # are found by fingerprints of these values, so a job may be restructured but never resolve
@@ -50,38 +53,31 @@ def test_every_job_resolves_as_before(path):
     assert extract_fingerprint(cfg, teacher, plan) == extract_fingerprint(before, teacher, plan)
 
 
-def test_paper_scale_configs_exist_and_share_one_cache():
-    names = {p.name for p in JOBS}
-    for name in ("extract_in1k_vitl14.yaml", "train_in1k_vitb16.yaml", "run_in1k.yaml"):
-        assert name in names
-    # everything the cache fingerprint reads must agree, or training would not find the cache
-    cache_keys = ("storage", "data", "teacher", "views")
-    configs = {
-        n: config_to_dict(load_config(str(ROOT / "jobs" / n)))
-        for n in ("extract_in1k_vitl14.yaml", "train_in1k_vitb16.yaml", "run_in1k.yaml")
-    }
-    first = configs["run_in1k.yaml"]
-    for name, cfg in configs.items():
-        for key in cache_keys:
-            assert cfg[key] == first[key], (name, key)
-        assert cfg["extract"]["images_per_shard"] == first["extract"]["images_per_shard"], name
-        assert cfg["extract"]["precision"] == first["extract"]["precision"], name
-        assert cfg["teacher"]["model"] == "ViT-L-14", name
-    assert configs["extract_in1k_vitl14.yaml"]["extract"] == first["extract"]
+def test_paper_scale_jobs_build_on_one_cache_config():
+    """The IN-1K jobs name the cache config in their defaults and no file after it sets a key
+    the cache depends on, so training always finds the cache that extraction wrote."""
+    cache = JOBS_DIR / "extract_in1k_vitl14.yaml"
+    schedule = JOBS_DIR / "recipes" / "in1k_vitb16.yaml"
+    for name in ("train_in1k_vitb16.yaml", "run_in1k.yaml"):
+        files = config_files(JOBS_DIR / name)
+        assert files[0] == JOBS_DIR / "paper_exact.yaml", name  # the paper's recipe first
+        assert cache in files and schedule in files, name
+        for later in files[files.index(cache) + 1 :]:
+            raw = yaml.safe_load(later.read_text())
+            assert not {"storage", "data", "world", "teacher", "views"} & set(raw), later
+            assert not {"images_per_shard", "precision"} & set(raw.get("extract", {})), later
+    assert config_files(cache) == [cache]
+    assert load_config(str(cache)).teacher.model == "ViT-L-14"
     # and so the cache address itself (the data read from a local copy: no credentials here)
     teacher = {"model": "ViT-L-14", "pretrained": ""}  # the weights are compared above
     plan = InputPlan("folder", ["/data/imagenet/train/n01/a.JPEG"], [None])
     local = ["data.train=/data/imagenet/train"]
-    fps = {
-        extract_fingerprint(load_config(str(ROOT / "jobs" / n), local), teacher, plan)
-        for n in configs
-    }
+    names = ("extract_in1k_vitl14.yaml", "train_in1k_vitb16.yaml", "run_in1k.yaml")
+    fps = {extract_fingerprint(load_config(str(JOBS_DIR / n), local), teacher, plan) for n in names}
     assert len(fps) == 1
-    assert configs["train_in1k_vitb16.yaml"]["train"] == first["train"]
-    assert first["student"]["preset"] == "zeroseg-vit-b16"
-    paper_eval = config_to_dict(load_config(str(ROOT / "jobs" / "eval_paper.yaml")))["eval"]
-    for key in ("benchmarks", "images_per_task", "num_cpus_per_task", "gpus_per_task"):
-        assert first["eval"][key] == paper_eval[key], key
+    # the whole run evaluates what the paper's evaluation job does
+    assert JOBS_DIR / "eval_paper.yaml" in config_files(JOBS_DIR / "run_in1k.yaml")
+    assert load_config(str(JOBS_DIR / "run_in1k.yaml")).student.preset == "zeroseg-vit-b16"
 
 
 def _runtime_env() -> dict:
@@ -126,7 +122,9 @@ def test_packaged_working_dir_stays_under_rays_limit(tmp_path):
 def test_paper_exact_job_switches_every_beyond_the_paper_option_off():
     from zeroseg.models.registry import student_config
 
-    cfg = load_config(str(ROOT / "jobs" / "paper_exact.yaml"))
+    cfg = load_config(str(JOBS_DIR / "paper_exact.yaml"))
+    assert paper_deviations(cfg) == {}
+    assert config_files(JOBS_DIR / "paper_exact.yaml") == [JOBS_DIR / "paper_exact.yaml"]
     t = cfg.train
     assert (t.w_multiscale, t.w_matching, t.w_recon) == (1, 1, 1)
     assert (t.w_dense, t.w_patch, t.w_affinity) == (0, 0, 0) and not t.center_targets
@@ -135,8 +133,40 @@ def test_paper_exact_job_switches_every_beyond_the_paper_option_off():
     arch = student_config(cfg.student.preset)
     assert arch.get("stem", "patch") == "patch" and not arch.get("patch_proj", False)
     assert arch.get("gumbel", True) and arch.get("hard_assignment", True)
-    # the demo differs only in the student and training recipe: the same world, views, cache
-    demo = config_to_dict(load_config(str(ROOT / "jobs" / "demo.yaml")))
-    mine = config_to_dict(cfg)
-    for key in ("world", "teacher", "views"):
-        assert mine[key] == demo[key], key
+
+
+def test_shapes_jobs_are_the_paper_plus_one_overlay():
+    """demo = paper_exact + recipes/beyond_paper; quality and ablation build on the demo. The
+    overlay holds every beyond-the-paper setting: what the demo adds to the paper is in it."""
+    overlay = JOBS_DIR / "recipes" / "beyond_paper.yaml"
+    paper = JOBS_DIR / "paper_exact.yaml"
+    demo = JOBS_DIR / "demo.yaml"
+    assert config_files(demo) == [paper, overlay, demo]
+    for name in ("quality.yaml", "ablation.yaml"):
+        assert config_files(JOBS_DIR / name) == [paper, overlay, demo, JOBS_DIR / name]
+    raw = yaml.safe_load(overlay.read_text())
+    assert set(raw) == {"student", "train", "eval"}  # a recipe: no world, teacher or cache
+    deviations = paper_deviations(load_config(str(demo)))
+    assert {k for k in deviations if not k.startswith("student.")} == {
+        f"{section}.{key}" for section in ("train", "eval") for key in raw[section]
+    }
+    assert deviations["student.stem"] == "teacher"
+    # the demo differs from the paper only in the overlay's sections and its own name
+    d, p = (config_to_dict(load_config(str(f))) for f in (demo, paper))
+    for key in ("world", "teacher", "views", "extract", "ray", "ablation"):
+        assert d[key] == p[key], key
+    assert load_config([paper, overlay], ["storage.root=runs/demo", "train.name=demo"]) == (
+        load_config(str(demo))
+    )
+
+
+def test_the_cli_takes_one_job_file(capsys):
+    from pipeline.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "--config", "jobs/demo.yaml", "train.epochs=1"])
+    assert args.config == "jobs/demo.yaml" and args.overrides == ["train.epochs=1"]
+    # a second file is refused, not silently preferred: a job composes through `defaults:`
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "-c", "jobs/paper_exact.yaml", "-c", "jobs/demo.yaml"])
+    assert "defaults:" in capsys.readouterr().err
