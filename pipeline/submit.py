@@ -84,13 +84,21 @@ def shipped_config_path(config: str | None, root: Path = ROOT) -> str | None:
     path = Path(config).resolve()
     if not path.is_file():
         raise ConfigError(f"--config: no such file: {config}")
-    try:
-        return path.relative_to(root.resolve()).as_posix()
-    except ValueError:
-        raise ConfigError(
-            f"--config {config} is outside the working dir {root} that is shipped with the job; "
-            "put the config under jobs/ (or anywhere below the repository root)"
-        ) from None
+    from zeroseg.config import config_files
+
+    inside = None
+    for file in config_files(path):  # the job file and every file its defaults: build on
+        try:
+            rel = file.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            what = "--config" if file.resolve() == path else f"--config {config} builds on"
+            raise ConfigError(
+                f"{what} {file}, outside the working dir {root} that is shipped with the job; "
+                "put the config under jobs/ (or anywhere below the repository root)"
+            ) from None
+        if file.resolve() == path:
+            inside = rel
+    return inside
 
 
 def entrypoint(stage: str, config: str | None, overrides: list[str], extra: list[str]) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shlex
-
 import pytest
 
 from pipeline.submit import (
@@ -61,6 +60,13 @@ def test_bad_submissions_fail_locally_with_the_reason(tmp_path):
     outside.write_text("train:\n  epochs: 1\n")
     with pytest.raises(ConfigError, match="outside the working dir"):
         shipped_config_path(str(outside))
+    # a job file inside the repository that builds on one outside it would not find it there
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "job.yaml").write_text(f"defaults: [{outside}]\n")
+    with pytest.raises(ConfigError, match="builds on .*mine.yaml, outside the working dir"):
+        shipped_config_path(str(repo / "job.yaml"), root=repo)
+    assert shipped_config_path("jobs/demo.yaml") == "jobs/demo.yaml"  # its defaults ship too
 
 
 def test_address_and_token_come_from_flags_then_the_environment(tmp_path, monkeypatch):
