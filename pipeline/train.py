@@ -18,7 +18,7 @@ from typing import Any
 
 from zeroseg import storage
 from zeroseg.checkpoint import CONFIG, FINAL, WEIGHTS
-from zeroseg.config import Config, TrainConfig, config_to_dict
+from zeroseg.config import STUDENT_OVERRIDES, Config, TrainConfig, config_to_dict
 from zeroseg.train_step import LOSS_TERMS
 
 from .cache import CacheReader
@@ -79,10 +79,13 @@ def run_dir(cfg: Config, cache_fp: str) -> tuple[str, str]:
 
 
 def student_config(cfg: Config) -> dict[str, Any]:
+    """The run's architecture, flat (the form ``final/config.json`` keeps, so every earlier
+    reader loads it): the preset's fields, then ``student.overrides`` in either spelling."""
+    from zeroseg.models import flat_student_config
     from zeroseg.models import student_config as preset
 
     merged = dict(preset(cfg.student.preset))
-    merged.update(cfg.student.overrides)
+    merged.update(flat_student_config(cfg.student.overrides, STUDENT_OVERRIDES))
     if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
         merged["teacher_model"] = cfg.teacher.model  # the stem copies the run's own teacher
     return merged
@@ -532,8 +535,10 @@ def _fit(
     cfg: Config, cache_uri: str, reader: CacheReader, run_uri: str, final_uri: str, log
 ) -> None:
     """Ray Train on the cache, then the final weights exported to ``final_uri``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
     from ray.train.torch import TorchTrainer
+
+    from zeroseg.logs import verbose
 
     from .cache_stream import cache_payload_bytes, choose_reader
 
@@ -569,6 +574,9 @@ def _fit(
             **run_kwargs,
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.checkpoints_to_keep),
+            # Ray Train's own progress lines (worker group, process group, device moves,
+            # checkpoint reports) stay out of our log unless asked for
+            logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING"),
         ),
     )
     t0 = time.perf_counter()

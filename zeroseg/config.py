@@ -39,6 +39,8 @@ __all__ = [
 
 # The top-level key of a YAML file that names the files it builds on.
 DEFAULTS_KEY = "defaults"
+# Where a job changes its student preset's fields.
+STUDENT_OVERRIDES = "student.overrides"
 ConfigPaths = str | Path | Sequence[str | Path] | None
 
 
@@ -141,8 +143,16 @@ class ExtractConfig:
 @dataclass
 class StudentConfig:
     preset: str = "student-tiny"
-    # Preset fields to override, e.g. {"depth": 6}.
+    # Preset fields to override, grouped ({"encoder": {"depth": 6}}) or flat ({"depth": 6}).
+    # Held flat (zeroseg.models.flat_student_config): either spelling resolves, and so
+    # fingerprints, the same.
     overrides: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.overrides:  # the models (torch) only when there is something to spell
+            from .models.student import flat_student_config
+
+            self.overrides = flat_student_config(self.overrides, STUDENT_OVERRIDES)
 
 
 @dataclass
@@ -381,9 +391,10 @@ def _architecture(cfg: Config) -> dict[str, Any]:
     """The student's fields: its preset's, then ``student.overrides``, then the teacher stem's
     tower (what the train stage fills in). KeyError for an unknown preset."""
     from .models.registry import student_config
+    from .models.student import flat_student_config
 
     merged = student_config(cfg.student.preset)
-    merged.update(cfg.student.overrides)
+    merged.update(flat_student_config(cfg.student.overrides, STUDENT_OVERRIDES))
     if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
         merged["teacher_model"] = cfg.teacher.model
     return merged
@@ -578,6 +589,24 @@ def config_files(path: ConfigPaths) -> list[Path]:
     return [file for file, _ in _config_layers(path)]
 
 
+def _flatten_student_overrides(data: DictConfig) -> None:
+    """Spell one layer's ``student.overrides`` flat, in place, before it merges: layers then
+    merge field by field whichever form each uses (a later ``encoder.depth`` replaces an earlier
+    ``depth``), and the resolved config, hence every fingerprint, is the same for both forms."""
+    student = data.get("student") if isinstance(data, DictConfig) else None
+    overrides = student.get("overrides") if isinstance(student, DictConfig) else None
+    if not isinstance(overrides, DictConfig) or not len(overrides):
+        return
+    from .models.student import flat_student_config
+
+    raw = OmegaConf.to_container(overrides, resolve=False)
+    try:
+        flat = flat_student_config(raw, STUDENT_OVERRIDES)  # type: ignore[arg-type]
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(str(exc.args[0] if exc.args else exc)) from None
+    student.overrides = flat
+
+
 def load_config(path: ConfigPaths = None, overrides: list[str] | None = None) -> Config:
     """Build a validated :class:`Config` from defaults, YAML files and overrides.
 
@@ -592,6 +621,10 @@ def load_config(path: ConfigPaths = None, overrides: list[str] | None = None) ->
     try:
         for file, data in layers:
             try:
+                _flatten_student_overrides(data)
+            except ConfigError as exc:
+                raise ConfigError(f"config file {file}: {exc}") from None
+            try:
                 schema = OmegaConf.merge(schema, data)
             except OmegaConfBaseException as exc:
                 msg = str(exc).splitlines()[0]
@@ -603,6 +636,10 @@ def load_config(path: ConfigPaths = None, overrides: list[str] | None = None) ->
             if not key:
                 raise ConfigError(f"override {item!r} has an empty key")
             dotlist = OmegaConf.from_dotlist([item])
+            try:
+                _flatten_student_overrides(dotlist)
+            except ConfigError as exc:
+                raise ConfigError(f"override {item!r}: {exc}") from None
             schema = OmegaConf.merge(schema, dotlist)
         resolved = OmegaConf.to_container(schema, resolve=True, throw_on_missing=True)
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), resolved))

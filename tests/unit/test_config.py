@@ -48,6 +48,10 @@ def test_defaults_and_yaml_and_overrides(tmp_path):
         ("student.preset=student-huge", "student.preset"),
         ("student.overrides.widht=64", "student.overrides"),
         ("student.overrides.stem=lens", "student.overrides"),
+        # the grouped spelling names the nested key
+        ("student.overrides.encoder.dpeth=6", "student.overrides.encoder.dpeth"),
+        ("student.overrides.stem.kind=lens", "student.overrides"),
+        ("student.overrides.encoder=6", "student.overrides.encoder"),
         # the mask ratio is the training recipe's, once
         ("student.overrides.mask_ratio=0.5", "train.mask_ratio"),
         ("world.n_generalisation=-1", "world.n_generalisation"),
@@ -155,6 +159,54 @@ def test_maps_merge_by_key_and_lists_are_replaced(tmp_path):
     cfg = load_config(job)
     assert cfg.student.overrides == {"stem": "conv", "depth": 2}
     assert cfg.views.levels == [1, 2]
+
+
+def test_student_overrides_take_either_spelling_and_resolve_flat(tmp_path):
+    from pipeline.submit import STAGE_SECTIONS, config_fingerprint
+    from pipeline.train import student_config, train_fingerprint
+    from zeroseg.config import StudentConfig
+
+    nested = load_config(
+        None, ["student.overrides.encoder.depth=2", "student.overrides.stem.kind=conv"]
+    )
+    flat = load_config(None, ["student.overrides.depth=2", "student.overrides.stem=conv"])
+    assert nested.student.overrides == flat.student.overrides == {"depth": 2, "stem": "conv"}
+    assert config_to_dict(nested) == config_to_dict(flat)
+    assert train_fingerprint(nested, "c") == train_fingerprint(flat, "c")
+    for stage in STAGE_SECTIONS:
+        assert config_fingerprint(nested, stage) == config_fingerprint(flat, stage)
+    arch = student_config(nested)
+    assert (arch["depth"], arch["stem"], arch["width"]) == (2, "conv", 128)
+    assert not {"encoder", "decoder", "head"} & set(arch)  # what final/config.json keeps
+    # layers merge field by field whichever form each uses; the later spelling wins
+    _write(tmp_path, "base.yaml", "student:\n  overrides: {depth: 3, stem: conv, num_heads: 2}\n")
+    job = _write(
+        tmp_path,
+        "job.yaml",
+        "defaults: [base]\nstudent:\n  overrides:\n    encoder: {depth: 1}\n"
+        "    stem: {kind: patch, image_size: 32}\n",
+    )
+    cfg = load_config(job, ["student.overrides.head.depth=4"])
+    assert cfg.student.overrides == {
+        "depth": 1,
+        "stem": "patch",
+        "num_heads": 2,
+        "image_size": 32,
+        "head_depth": 4,
+    }
+    # a config built in code holds its overrides flat as well
+    assert StudentConfig(overrides={"decoder": {"width": 64}}).overrides == {"decoder_width": 64}
+
+
+def test_bad_nested_student_keys_name_the_key_and_the_file(tmp_path):
+    job = _write(tmp_path, "job.yaml", "student:\n  overrides:\n    encoder: {dpeth: 6}\n")
+    with pytest.raises(ConfigError, match=r"job\.yaml.*'student\.overrides\.encoder\.dpeth'"):
+        load_config(job)
+    twice = _write(
+        tmp_path, "twice.yaml", "student:\n  overrides: {depth: 2, encoder: {depth: 3}}\n"
+    )
+    with pytest.raises(ConfigError, match="twice.yaml.*'student.overrides.depth' twice"):
+        load_config(twice)
 
 
 def test_a_base_reached_twice_applies_once(tmp_path):

@@ -83,6 +83,29 @@ def test_create_student_reads_any_fsspec_uri_and_keeps_the_target_center(final):
     assert torch.allclose(model.target_center, center)
 
 
+@pytest.mark.parametrize("form", ["flat", "flat with a legacy field", "nested"])
+def test_a_saved_architecture_loads_in_either_form(tmp_path, final, form):
+    """Runs save the flat dict (earlier ones with fields since dropped); a nested one reads too."""
+    from zeroseg.models import nested_student_config, student_config
+
+    arch = student_config("student-tiny")
+    arch = {
+        "flat": arch,
+        "flat with a legacy field": {**arch, "mask_ratio": 0.6},
+        "nested": nested_student_config(arch),
+    }[form]
+    folder = tmp_path / "final"
+    folder.mkdir()
+    (folder / WEIGHTS).write_bytes(open(os.path.join(final, WEIGHTS), "rb").read())
+    (folder / CONFIG).write_text(json.dumps({**read_final_config(final), "student": arch}))
+    model = create_student(pretrained=str(folder))
+    assert _same_weights(model, os.path.join(final, WEIGHTS))
+    assert model.cfg.to_dict() == student_config("student-tiny")
+    image = _image()
+    labels = zeroseg.load_segmenter(str(folder)).segment(image, CLASSES)
+    assert np.array_equal(labels, zeroseg.load_segmenter(final).segment(image, CLASSES))
+
+
 def test_load_segmenter_on_a_run_labels_any_image(final):
     seg = zeroseg.load_segmenter(final, device="cpu")
     assert isinstance(seg, zeroseg.Segmenter)

@@ -1,19 +1,26 @@
+import dataclasses
+import hashlib
 import json
 
 import pytest
 import torch
 
 from zeroseg.models import (
+    STUDENT_LAYOUT,
     GroupingBlock,
+    StudentConfig,
     build_student,
     count_parameters,
+    flat_student_config,
     list_students,
+    nested_student_config,
     parameter_breakdown,
     random_masking,
     sincos_pos_embed_2d,
     student_config,
 )
 from zeroseg.models.grouping import straight_through_onehot
+from zeroseg.models.registry import CONFIG_DIR
 
 D = 32
 
@@ -352,3 +359,83 @@ def test_mask_ratio_is_the_recipes_not_the_architectures():
     assert model(x, mask_ratio=0.5)["patch_index"].shape == (2, 32)
     with pytest.raises(ValueError, match="mask_ratio"):
         model(x, mask_ratio=1.0)
+
+
+# sha256 of each preset's state_dict key names, one per line, as trained runs saved them: a
+# change of how the architecture is configured must leave every parameter where it was.
+STATE_KEYS = {
+    "student-small": (295, "0fd9b958436c8a19"),
+    "student-tiny": (247, "73472527214839c0"),
+    "student-tiny-dense": (249, "e9c0b6ae0c92b19a"),
+    "zeroseg-vit-b16": (415, "8caa930eedfda344"),
+}
+
+
+def _key_digest(model: torch.nn.Module) -> tuple[int, str]:
+    keys = list(model.state_dict())
+    return len(keys), hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def test_every_field_has_one_nested_key_and_back():
+    flat_fields = [f.name for f in dataclasses.fields(StudentConfig)]
+    mapped = [flat for keys in STUDENT_LAYOUT.values() for flat in keys.values()]
+    assert sorted(mapped) == sorted(flat_fields)  # onto, and no field twice
+    assert set(STUDENT_LAYOUT) == {"stem", "encoder", "decoder", "head"}
+    for name in list_students():
+        flat = student_config(name)
+        nested = nested_student_config(flat)
+        assert list(nested) == list(STUDENT_LAYOUT)
+        assert flat_student_config(nested) == flat
+        assert nested_student_config(flat_student_config(nested)) == nested
+        assert StudentConfig.from_dict(nested) == StudentConfig.from_dict(flat)
+        assert StudentConfig.from_dict(flat).to_nested_dict() == nested
+        assert sum(len(g) for g in nested.values()) == len(flat_fields)
+
+
+def test_presets_are_written_nested_and_resolve_as_before():
+    for name in list_students():
+        raw = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+        assert set(raw) <= set(STUDENT_LAYOUT) and all(isinstance(g, dict) for g in raw.values())
+        assert student_config(name) == StudentConfig.from_dict(flat_student_config(raw)).to_dict()
+    tiny = student_config("student-tiny")
+    assert (tiny["stem"], tiny["patch_size"], tiny["width"], tiny["head_depth"]) == (
+        "patch",
+        8,
+        128,
+        5,
+    )
+    # a flat preset file (as written before) still reads the same
+    assert flat_student_config(tiny) == tiny
+
+
+@pytest.mark.parametrize("name", sorted(STATE_KEYS))
+def test_presets_keep_their_parameter_names(name):
+    with torch.device("meta"):
+        model = build_student(name, 64)
+        again = build_student(nested_student_config(student_config(name)), 64)
+    assert _key_digest(model) == _key_digest(again) == STATE_KEYS[name]
+
+
+def test_nested_and_flat_overrides_build_the_same_student():
+    nested = build_student("student-tiny", D, encoder={"depth": 2}, stem={"kind": "conv"})
+    flat = build_student("student-tiny", D, depth=2, stem="conv")
+    assert nested.cfg == flat.cfg and nested.cfg.depth == 2 and nested.cfg.stem == "conv"
+    assert build_student("student-tiny", D, head={"num_groups": [4, 2]}).cfg.num_groups == [4, 2]
+    mixed = flat_student_config({"depth": 2, "decoder": {"depth": 1}, "stem": "teacher"})
+    assert mixed == {"depth": 2, "decoder_depth": 1, "stem": "teacher"}
+    # partial overrides stay partial, and legacy fields of saved configs pass to from_dict
+    assert nested_student_config({"num_heads": 2}) == {"encoder": {"heads": 2}}
+    assert flat_student_config({"mask_ratio": 0.6}) == {"mask_ratio": 0.6}
+
+
+def test_bad_nested_keys_are_named():
+    with pytest.raises(KeyError, match=r"student\.overrides\.encoder\.dpeth"):
+        flat_student_config({"encoder": {"dpeth": 6}}, "student.overrides")
+    with pytest.raises(KeyError, match=r"'decoder\.kind'.*width"):
+        build_student("student-tiny", D, decoder={"kind": "x"})
+    with pytest.raises(KeyError, match="'widht'"):
+        flat_student_config({"widht": 3})
+    with pytest.raises(ValueError, match="'encoder' is a group"):
+        flat_student_config({"encoder": 6})
+    with pytest.raises(ValueError, match="'depth' twice: also as 'encoder.depth'"):
+        flat_student_config({"depth": 2, "encoder": {"depth": 4}})

@@ -4,15 +4,19 @@ from .grouping import Assignment, GroupingBlock
 from .pretrained import create_student, load_pretrained
 from .registry import build_student, list_students, student_config
 from .student import (
+    STUDENT_LAYOUT,
     Student,
     StudentConfig,
     count_parameters,
+    flat_student_config,
+    nested_student_config,
     parameter_breakdown,
     random_masking,
     sincos_pos_embed_2d,
 )
 
 __all__ = [
+    "STUDENT_LAYOUT",
     "Assignment",
     "GroupingBlock",
     "Student",
@@ -20,8 +24,10 @@ __all__ = [
     "build_student",
     "count_parameters",
     "create_student",
+    "flat_student_config",
     "list_students",
     "load_pretrained",
+    "nested_student_config",
     "parameter_breakdown",
     "random_masking",
     "sincos_pos_embed_2d",

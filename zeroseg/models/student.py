@@ -11,6 +11,7 @@ the head sees every patch.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +31,66 @@ STEMS = ("patch", "conv", "teacher")
 # (train.mask_ratio), which always supplied the ratio training used.
 LEGACY_FIELDS = ("mask_ratio",)
 
+# The four groups presets and ``student.overrides`` describe a student in, as open_clip nests
+# its towers: group -> nested key -> the flat :class:`StudentConfig` field it stands for. The
+# flat form stays what the net reads and what a run saves (``final/config.json``), so every
+# field has exactly one nested key and back. ``mlp_ratio`` and ``qkv_bias`` sit with the encoder
+# but shape every transformer block (decoder and head ones too); the head runs at the encoder's
+# width and heads. The grouping belongs to the head: its stages run between the head's blocks.
+STUDENT_LAYOUT: dict[str, dict[str, str]] = {
+    # how pixels become tokens (and the pixel normalisation the stem and the decoder's target use)
+    "stem": {
+        "kind": "stem",
+        "image_size": "image_size",
+        "patch_size": "patch_size",
+        "in_chans": "in_chans",
+        "teacher_model": "teacher_model",
+        "teacher_scale": "teacher_scale",
+        "pixels": "stem_pixels",
+        "pixel_mean": "pixel_mean",
+        "pixel_std": "pixel_std",
+    },
+    # the MAE encoder over the visible tokens
+    "encoder": {
+        "width": "width",
+        "depth": "depth",
+        "heads": "num_heads",
+        "mlp_ratio": "mlp_ratio",
+        "qkv_bias": "qkv_bias",
+    },
+    # the MAE pixel decoder and its reconstruction target
+    "decoder": {
+        "width": "decoder_width",
+        "depth": "decoder_depth",
+        "heads": "decoder_heads",
+        "norm_pix_loss": "norm_pix_loss",
+    },
+    # the segmentation head (its blocks, grouping stages and group tokens), the global head that
+    # pools the segments into z, and the per-patch projection into the teacher space
+    "head": {
+        "depth": "head_depth",
+        "group_after": "group_after",
+        "num_groups": "num_groups",
+        "assign": "assign",
+        "cosine_scale": "cosine_scale",
+        "gumbel": "gumbel",
+        "gumbel_tau": "gumbel_tau",
+        "hard_assignment": "hard_assignment",
+        "pre_assign_attn": "pre_assign_attn",
+        "group_token_std": "group_token_std",
+        "projector_hidden_ratio": "projector_hidden_ratio",
+        "global_depth": "global_depth",
+        "patch_proj": "patch_proj",
+    },
+}
+
 
 @dataclass
 class StudentConfig:
     """Architecture of the student; round-trips through JSON. How much is masked is a training
     setting (``train.mask_ratio``, passed to :meth:`Student.forward`), not part of the net.
+    Flat, as the net reads it and a run saves it; presets and ``student.overrides`` describe it
+    in the four groups of :data:`STUDENT_LAYOUT`, and :meth:`from_dict` reads either form.
 
     Stated by the paper: ViT-B encoder over visible patches (mask ratio 0.6, the recipe's), 8-layer
     decoder with MSE on masked patches, 5-layer head with grouping after blocks 2 and 4 (32 then 8
@@ -98,20 +154,22 @@ class StudentConfig:
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
     @classmethod
-    def from_dict(cls, cfg: dict[str, Any]) -> StudentConfig:
-        """Build from a dict, refusing unknown keys so typos fail loudly (the fields of
-        :data:`LEGACY_FIELDS` that saved configs may hold are dropped)."""
-        cfg = {k: v for k, v in cfg.items() if k not in LEGACY_FIELDS}
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise KeyError(f"unknown student config keys: {unknown}")
+    def from_dict(cls, cfg: Mapping[str, Any]) -> StudentConfig:
+        """Build from a flat or nested dict (:func:`flat_student_config`), refusing unknown keys
+        so typos fail loudly (the fields of :data:`LEGACY_FIELDS` that saved configs may hold
+        are dropped)."""
+        cfg = {k: v for k, v in flat_student_config(cfg).items() if k not in LEGACY_FIELDS}
         out = cls(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()})
         out.validate()
         return out
 
     def to_dict(self) -> dict[str, Any]:
+        """The flat form: what a run saves and every reader of a saved config understands."""
         return dataclasses.asdict(self)
+
+    def to_nested_dict(self) -> dict[str, dict[str, Any]]:
+        """The four groups of :data:`STUDENT_LAYOUT`, every field spelled out."""
+        return nested_student_config(self.to_dict())
 
     def validate(self) -> None:
         if self.image_size % self.patch_size:
@@ -140,6 +198,66 @@ class StudentConfig:
         ):
             if w % h or w % 4:
                 raise ValueError(f"{name} must be divisible by its heads and by 4")
+
+
+def flat_student_config(cfg: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """Either spelling of a student config (or of overrides to one) in the flat form.
+
+    A key of :data:`STUDENT_LAYOUT` whose value is a mapping is a group (``{"encoder": {"depth":
+    6}}`` -> ``{"depth": 6}``); any other key is a flat field (``{"stem": "teacher"}`` keeps the
+    stem's kind), so old presets, job files and saved configs read as before and the two forms
+    may mix. Only the keys given come back: overrides stay partial. An unknown key, a group that
+    is not a mapping or a field given twice raises, naming the key; ``where`` (e.g.
+    ``"student.overrides"``) prefixes the key in the message.
+    """
+    fields = {f.name for f in dataclasses.fields(StudentConfig)}
+
+    def name(*keys: str) -> str:
+        return ".".join([where, *keys] if where else keys)
+
+    out: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+
+    def put(flat: str, value: Any, key: str) -> None:
+        if flat in out:
+            raise ValueError(f"student config sets {spelled[flat]!r} twice: also as {key!r}")
+        out[flat] = value
+        spelled[flat] = key
+
+    for key, value in cfg.items():
+        if key in STUDENT_LAYOUT and (isinstance(value, Mapping) or key not in fields):
+            if not isinstance(value, Mapping):
+                raise ValueError(
+                    f"student config key {name(key)!r} is a group: give a mapping of "
+                    f"{', '.join(STUDENT_LAYOUT[key])}"
+                )
+            layout = STUDENT_LAYOUT[key]
+            for sub, sub_value in value.items():
+                if sub not in layout:
+                    raise KeyError(
+                        f"unknown student config key {name(key, sub)!r}; {key} has "
+                        f"{', '.join(layout)}"
+                    )
+                put(layout[sub], sub_value, name(key, sub))
+        elif key in fields or key in LEGACY_FIELDS:
+            put(key, value, name(key))
+        else:
+            raise KeyError(
+                f"unknown student config key {name(key)!r}; the groups are "
+                f"{', '.join(STUDENT_LAYOUT)} (or the flat fields of StudentConfig)"
+            )
+    return out
+
+
+def nested_student_config(cfg: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The grouped form of a (flat or nested, full or partial) config: the inverse of
+    :func:`flat_student_config`. Groups with no key given are left out; legacy fields dropped."""
+    flat = flat_student_config(cfg)
+    out = {
+        group: {key: flat[name] for key, name in layout.items() if name in flat}
+        for group, layout in STUDENT_LAYOUT.items()
+    }
+    return {group: keys for group, keys in out.items() if keys}
 
 
 class TeacherStem(nn.Module):
