@@ -108,7 +108,7 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
     out_uri = storage.join(base.storage.root, "ablation")
     storage.makedirs(out_uri)
     write_run_info(out_uri, "ablation", config_to_dict(base))
-    upstream = run_stages(base, ["extract"], log)
+    upstream = run_stages(base, ["extract"], log, world=True)
     cache = upstream.cache
     log(f"[ablation] teacher cache extracted once: {cache}")
     log(f"[ablation] {len(variants)} variants, all training on this cache")

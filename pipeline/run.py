@@ -262,10 +262,13 @@ def run_stages(
     checkpoint: str | None = None,
     teacher: dict[str, Any] | None = None,
     commands: dict[str, str] | None = None,
+    world: bool = False,
 ) -> Outputs:
     """Run ``stages`` (in pipeline order) for ``cfg``. A stage that is not run but is needed
     downstream must be finished already: ``cache`` / ``checkpoint`` name it, else it is found
-    by the config's fingerprints, else the error names the command to run (``commands``)."""
+    by the config's fingerprints, else the error names the command to run (``commands``).
+    ``world``: first generate the shapes-world splits the config asks for (``zeroseg run`` and
+    ``ablate``; a stage command never writes data, so it cannot touch a user's ``data.train``)."""
     from .cluster import ensure_ray
     from .evaluate import run_eval
     from .extract import run_extract
@@ -285,7 +288,7 @@ def run_stages(
         out.timings[name] = out.timings.get(name, 0.0) + time.perf_counter() - t0
         return value
 
-    if "extract" in wanted:
+    if world:
         timed("world", ensure_world, cfg, log)
     needs_cache = "extract" in wanted or ("train" in wanted and cache is None)
     needs_cache = needs_cache or ("eval" in wanted and checkpoint is None and cache is None)
@@ -326,7 +329,7 @@ def run_all(cfg: Config, log=print) -> dict[str, Any]:
     """``zeroseg run``: every stage, then ``summary.json`` and the results table."""
     t_all = time.perf_counter()
     write_run_info(cfg.storage.root, "run", config_to_dict(cfg))
-    out = run_stages(cfg, STAGES, log)
+    out = run_stages(cfg, STAGES, log, world=True)
     timings = {k: out.timings.get(k, 0.0) for k in ("world", "teacher", "ray_start", *STAGES)}
     timings["total"] = time.perf_counter() - t_all
     first, *_ = out.metrics.values()
