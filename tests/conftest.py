@@ -10,6 +10,12 @@ os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The minutes-long CPU checks (``slow``) run first, before the session's Ray starts: a
+    torch job on two threads slows down by a third beside even an idle Ray node."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3-protocol server (moto) on 127.0.0.1, credentials in the standard environment

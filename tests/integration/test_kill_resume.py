@@ -34,7 +34,7 @@ def _cache(root: str) -> tuple[str, dict[str, np.ndarray]]:
 def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
     data = tmp_path / "data"
     subprocess.run(
-        [ZEROSEG, "data", "shapes", "--out", str(data), "--n", "240", "--seed", "5"],
+        [ZEROSEG, "data", "shapes", "--out", str(data), "--n", "128", "--seed", "5"],
         check=True,
         capture_output=True,
     )
@@ -53,8 +53,12 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
         "ray.num_cpus=2",
     ]
     killed = str(tmp_path / "killed")
+    # its own session: the local Ray node it starts shares the group, so the test can reap it
     proc = subprocess.Popen(
-        [*args, f"storage.root={killed}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*args, f"storage.root={killed}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     deadline = time.time() + 300
     while len(glob.glob(f"{killed}/extract/*/shards/*.json")) < 3:
@@ -73,6 +77,10 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
     while any(pid_alive(pid) for pid in actors):
         assert time.time() < deadline + 60, "orphaned actors did not exit"
         time.sleep(0.2)
+    try:  # what is left of the killed driver's Ray node, so the rerun has the cores
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
     assert not os.path.exists(f"{stage}/_SUCCESS")
     before = {os.path.basename(p): json.load(open(p)) for p in glob.glob(f"{stage}/shards/*.json")}
     num_shards = json.load(open(f"{stage}/plan.json"))["num_shards"]
@@ -94,5 +102,5 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
         assert np.array_equal(a[key], b[key]), key
     rows_a = pq.read_table(f"{stage_a}/index.parquet").to_pylist()
     rows_b = pq.read_table(f"{stage_b}/index.parquet").to_pylist()
-    assert [r["row"] for r in rows_a] == list(range(240))
+    assert [r["row"] for r in rows_a] == list(range(128))
     assert rows_a == rows_b

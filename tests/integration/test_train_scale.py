@@ -172,6 +172,10 @@ def _kill_and_rerun(proc: subprocess.Popen, root, args: list[str]) -> None:
         assert time.time() < deadline, "orphaned training worker did not exit"
         time.sleep(0.2)
     assert not glob.glob(f"{root}/train/*/final/model.safetensors")
+    try:  # the killed driver's local Ray node (its GCS, raylet), so the rerun has the cores
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
     rerun = subprocess.run(args, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
