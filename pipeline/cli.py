@@ -247,18 +247,24 @@ def build_parser() -> argparse.ArgumentParser:
             "Train the toy CLIP teacher of the config's recipe (teacher.pretrain_steps, "
             "teacher.pretrain_seed, teacher.pretrain_overrides) and compare it with the teacher "
             "the package ships. The default recipe is the shipped one, so a run only reproduces "
-            "it; another recipe is cached in teacher.cache_dir and used by every stage."
+            "it; another recipe is cached in teacher.cache_dir and used by every stage. "
+            "Resumable: the training state stays in the output folder until the schedule is "
+            "done, so a killed run, or a piece stopped with --stop-at, continues where it ended "
+            "when the same command (without --stop-at for the rest) runs again."
         ),
         epilog=(
             "examples:\n"
             "  zeroseg teacher-pretrain --out runs/teacher      # reproduce the shipped teacher\n"
             "  zeroseg teacher-pretrain --out runs/t --stop-at 250   # its first 250 steps\n"
+            "  zeroseg teacher-pretrain --out runs/t            # ... then the rest of them\n"
             "  zeroseg teacher-pretrain teacher.pretrain_seed=1  # another recipe, cached"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_args(p)
-    p.add_argument("--force", action="store_true", help="retrain even when cached")
+    p.add_argument(
+        "--force", action="store_true", help="retrain from step 0 even when cached or resumable"
+    )
     p.add_argument("--out", help="write model.safetensors and teacher.json here (any fsspec URL)")
     p.add_argument(
         "--stop-at",

@@ -27,6 +27,8 @@ from zeroseg.toy_assets import (
 
 from .runner import code_version, fingerprint, now
 
+STATE_FILE = "training-state.pt"  # the resumable state of an unfinished toy-teacher schedule
+
 
 def toy_settings(cfg: Config, stop_at: int | None = None):
     """The ``ToyTeacherSettings`` a config asks for."""
@@ -73,8 +75,10 @@ def pretrain_toy_teacher(
 ) -> dict[str, Any]:
     """Train (or reuse) the toy teacher of the config's recipe; returns its checkpoint URI and
     accuracy. ``out_dir`` writes it there instead of the cache; ``stop_at`` ends the run after
-    that many steps of the same schedule (a shortened reproduction). Either way the result is
-    compared with the shipped teacher's record when the recipe is the shipped one."""
+    that many steps of the same schedule (a shortened reproduction). The training state is kept
+    in ``out_dir`` until the whole schedule is done, so a killed run or a piece that stopped
+    early continues where it ended. Either way the result is compared with the shipped
+    teacher's record when the recipe is the shipped one."""
     from zeroseg import toy_teacher
 
     settings = toy_settings(cfg, stop_at)
@@ -83,17 +87,28 @@ def pretrain_toy_teacher(
         out_dir = storage.join(out_dir, f"stop-at-{stop_at}")  # never mistaken for the full run
     ckpt = storage.join(out_dir, "model.safetensors")
     info_uri = storage.join(out_dir, "teacher.json")
+    state_uri = storage.join(out_dir, STATE_FILE)
+    last = stop_at or settings.steps
+    recipe = _canonical(settings.recipe())
     if not force and storage.exists(info_uri) and storage.exists(ckpt):
         info = storage.read_json(info_uri)
-        acc = info["accuracy"]
+        if info.get("steps") == last and info.get("recipe") == recipe:
+            acc = info["accuracy"]
+            log(
+                f"[teacher] cached toy teacher {ckpt} "
+                f"(single {acc['single']:.1%}, cell {acc['cell']:.1%})"
+            )
+            return info
         log(
-            f"[teacher] cached toy teacher {ckpt} "
-            f"(single {acc['single']:.1%}, cell {acc['cell']:.1%})"
+            f"[teacher] {out_dir} holds a teacher of {info.get('steps')} steps"
+            + ("" if info.get("recipe") == recipe else " of another recipe")
+            + f"; training this one ({last} steps)"
         )
-        return info
+    if force and storage.exists(state_uri):
+        storage.remove(state_uri)
     storage.makedirs(out_dir)
     log(
-        f"[teacher] training the toy CLIP teacher: {stop_at or settings.steps} of "
+        f"[teacher] training the toy CLIP teacher: {last} of "
         f"{settings.steps} steps, seed {settings.seed} -> {out_dir}"
     )
     local_ckpt = (
@@ -101,7 +116,10 @@ def pretrain_toy_teacher(
         if storage.is_local(ckpt)
         else os.path.join(tempfile.gettempdir(), f"zeroseg-toy-{os.getpid()}.safetensors")
     )
-    result = toy_teacher.pretrain(local_ckpt, settings, progress=True, log=log)
+    # resumable: a killed run, or a piece of the schedule (--stop-at), continues from here
+    result = toy_teacher.pretrain(
+        local_ckpt, settings, progress=True, log=log, state_path=state_uri
+    )
     digest = sha256_file(Path(local_ckpt))
     outline = outline_cell_accuracy(local_ckpt, settings)  # on the local file, before upload
     if local_ckpt != ckpt:
@@ -124,6 +142,8 @@ def pretrain_toy_teacher(
         "machine": machine(),
     }
     storage.write_json(info_uri, info)
+    if last == settings.steps:  # the whole schedule is done: nothing left to continue
+        storage.remove(state_uri)
     log(
         f"[teacher] zero-shot shape accuracy: single {accuracy['single']:.1%}, cell "
         f"{accuracy['cell']:.1%}; generalisation split single {accuracy['gen_single']:.1%}, "

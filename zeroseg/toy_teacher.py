@@ -20,6 +20,8 @@ Recipe (why it looks like this):
 from __future__ import annotations
 
 import copy
+import io
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -445,19 +447,68 @@ def pretrain(
     settings: ToyTeacherSettings | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    state_path: str | None = None,
+    state_every: int = 250,
 ) -> dict:
     """Train the toy teacher and save it; returns the final accuracies, the step count and the
-    accuracy curve (every ``eval_every`` steps, on held-out scenes of both worlds)."""
+    accuracy curve (every ``eval_every`` steps, on held-out scenes of both worlds).
+
+    ``state_path`` makes the run resumable: every ``state_every`` steps (and at the last step)
+    the whole training state is written there, and a run that finds a state of the same recipe
+    continues from it with the same weights an uninterrupted run would reach. A long schedule
+    can so be trained in pieces (``stop_at``), and a killed run loses at most ``state_every``
+    steps."""
     s = settings or ToyTeacherSettings()
     threads_before = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
-        return _pretrain(out_path, s, progress, log)
+        return _pretrain(out_path, s, progress, log, state_path, state_every)
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _pretrain(out_path: str, s: ToyTeacherSettings, progress: bool, log) -> dict:
+class ResumeError(ValueError):
+    """A saved training state that this run cannot continue from."""
+
+
+def _load_state(state_path: str | None, s: ToyTeacherSettings) -> dict | None:
+    if state_path is None or not storage.exists(state_path):
+        return None
+    try:
+        state = torch.load(io.BytesIO(storage.read_bytes(state_path)), weights_only=True)
+    except Exception as exc:
+        raise ResumeError(
+            f"cannot read the saved teacher training state {state_path} ({exc}); remove it to "
+            "train from the start"
+        ) from exc
+    if json.dumps(state.get("recipe"), sort_keys=True) != json.dumps(s.recipe(), sort_keys=True):
+        raise ResumeError(
+            f"the saved teacher training state {state_path} is of another recipe; remove it (or "
+            "pass --force) to train this one from the start"
+        )
+    if state["step"] > (s.stop_at or s.steps):
+        raise ResumeError(
+            f"the saved teacher training state {state_path} is at step {state['step']}, past "
+            f"this run's last step {s.stop_at or s.steps}"
+        )
+    return state
+
+
+def _save_state(state_path: str, s: ToyTeacherSettings, **state) -> None:
+    buf = io.BytesIO()
+    torch.save({"recipe": s.recipe(), **state}, buf)
+    storage.write_bytes(state_path, buf.getvalue())
+
+
+def _pretrain(
+    out_path: str,
+    s: ToyTeacherSettings,
+    progress: bool,
+    log,
+    state_path: str | None = None,
+    state_every: int = 250,
+) -> dict:
+    saved = _load_state(state_path, s)  # refuse a state of another recipe before any work
     t0 = time.perf_counter()
     pool = build_pool(s, progress=progress)
     sets = lab_eval_sets(s)
@@ -510,8 +561,39 @@ def _pretrain(out_path: str, s: ToyTeacherSettings, progress: bool, log) -> dict
     loss_ema = None
     n = len(pool.images)
     perm = torch.randperm(n, generator=gen)
-    cursor = 0
-    for step in range(last):
+    cursor = first = 0
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        with torch.no_grad():
+            head.copy_(saved["head"])
+        opt.load_state_dict(saved["optimizer"])
+        gen.set_state(saved["generator"])
+        perm, cursor, first = saved["perm"], int(saved["cursor"]), int(saved["step"])
+        loss_ema, curve = saved["loss_ema"], list(saved["curve"])
+        log(f"toy teacher: resuming at step {first} from {state_path}")
+        if bar is not None:
+            bar.update(first)
+        if s.eval_every and 0 < first < last and first % s.eval_every == 0:
+            # a piece that stopped here logged this point as its final one, outside the state
+            if not curve or curve[-1]["step"] != first:
+                curve.append(evaluate(first))
+
+    def save_state(done: int) -> None:
+        _save_state(
+            state_path,
+            s,
+            step=done,
+            model=model.state_dict(),
+            head=head.detach(),
+            optimizer=opt.state_dict(),
+            generator=gen.get_state(),
+            perm=perm,
+            cursor=cursor,
+            loss_ema=loss_ema,
+            curve=curve,
+        )
+
+    for step in range(first, last):
         lr = lr_at(step, s)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -548,6 +630,8 @@ def _pretrain(out_path: str, s: ToyTeacherSettings, progress: bool, log) -> dict
                 f"toy teacher: step {done} loss {loss_ema:.3f} single {point['single']:.3f} "
                 f"cell {point['cell']:.3f} gen {point['gen_single']:.3f}/{point['gen_cell']:.3f}"
             )
+        if state_path is not None and (done % state_every == 0 or done == last):
+            save_state(done)
     if bar is not None:
         bar.close()
     final = evaluate(last)

@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import open_clip
@@ -10,6 +11,7 @@ from zeroseg.teacher import Teacher
 from zeroseg.toy_assets import SHIPPED_WEIGHTS, shipped_record, verified_shipped_weights
 from zeroseg.toy_teacher import (
     MODEL_NAME,
+    ResumeError,
     ToyTeacherSettings,
     build_pool,
     caption_vocabulary,
@@ -120,6 +122,65 @@ def test_same_settings_same_weights_and_stop_at_replays_the_schedule(tmp_path):
     t = Teacher(MODEL_NAME, pretrained=a)
     sets = eval_sets(WorldSettings(), 12)
     assert zero_shot_accuracy(t, sets=sets)["single"] == pytest.approx(ra["single"], abs=1e-4)
+
+
+def test_a_schedule_trained_in_pieces_is_the_uninterrupted_run(tmp_path):
+    """Resumable: a piece that stops early (or a killed run) leaves its state; the next run
+    continues from it and ends with the same bytes and curve as one uninterrupted run."""
+    quiet = {"progress": False, "log": lambda m: None}
+    whole = str(tmp_path / "whole.safetensors")
+    ref = pretrain(whole, ToyTeacherSettings(steps=6, **TINY), **quiet)
+    state = str(tmp_path / "state.pt")
+    pieces = str(tmp_path / "pieces.safetensors")
+    first = pretrain(
+        pieces, ToyTeacherSettings(steps=6, stop_at=3, **TINY), state_path=state, **quiet
+    )
+    assert first["steps"] == 3
+    logs: list[str] = []
+    rest = pretrain(
+        pieces,
+        ToyTeacherSettings(steps=6, **TINY),
+        progress=False,
+        log=logs.append,
+        state_path=state,
+        state_every=2,
+    )
+    assert any("resuming at step 3" in m for m in logs)
+    assert open(whole, "rb").read() == open(pieces, "rb").read()
+    assert rest["curve"] == ref["curve"] and [p["step"] for p in rest["curve"]] == [2, 4, 6]
+    # a state of another recipe, or past this run's end, is refused, never continued from
+    with pytest.raises(ResumeError, match="another recipe"):
+        pretrain(pieces, ToyTeacherSettings(steps=6, seed=1, **TINY), state_path=state, **quiet)
+    with pytest.raises(ResumeError, match="past this run's last step"):
+        pretrain(pieces, ToyTeacherSettings(steps=6, stop_at=4, **TINY), state_path=state, **quiet)
+    with open(state, "wb") as f:
+        f.write(b"not a state")
+    with pytest.raises(ResumeError, match="cannot read"):
+        pretrain(pieces, ToyTeacherSettings(steps=6, **TINY), state_path=state, **quiet)
+
+
+def test_teacher_pretrain_continues_a_piece_and_never_takes_it_for_the_whole_run(tmp_path):
+    """`zeroseg teacher-pretrain --out D --stop-at K` then the same command without --stop-at:
+    the second run continues from step K (it does not report the K-step teacher as cached),
+    removes the state once the schedule is done, and a third run is a cache hit."""
+    from pipeline.teachers import STATE_FILE, pretrain_toy_teacher
+    from zeroseg.config import load_config
+
+    tiny = [f"teacher.pretrain_overrides.{k}={v}" for k, v in TINY.items()]
+    cfg = load_config(None, ["teacher.pretrain_steps=4", *tiny])
+    out = str(tmp_path / "teacher")
+    logs: list[str] = []
+    piece = pretrain_toy_teacher(cfg, out_dir=out, stop_at=2, log=logs.append)
+    assert piece["steps"] == 2 and os.path.exists(os.path.join(out, STATE_FILE))
+    whole = pretrain_toy_teacher(cfg, out_dir=out, log=logs.append)
+    text = "\n".join(logs)
+    assert "holds a teacher of 2 steps; training this one (4 steps)" in text
+    assert "resuming at step 2" in text
+    assert whole["steps"] == 4 and [p["step"] for p in whole["curve"]] == [2, 4]
+    assert not os.path.exists(os.path.join(out, STATE_FILE))
+    logs.clear()
+    assert pretrain_toy_teacher(cfg, out_dir=out, log=logs.append)["sha256"] == whole["sha256"]
+    assert "cached toy teacher" in logs[0]
 
 
 def test_pretrain_to_memory_uri():
