@@ -373,6 +373,7 @@ def _check(cfg: Config) -> None:
         problems.append(("train.multiscale_views", "must be 'all' or 'global'"))
     if not cfg.storage.root:
         problems.append(("storage.root", "must not be empty"))
+    problems.extend(_location_problems(cfg))
     for rule in cfg.eval.background_rules:
         kind, _, value = rule.partition(":")
         if not (kind == "prompt" and not value) and not (
@@ -385,6 +386,28 @@ def _check(cfg: Config) -> None:
     problems.extend(_student_problems(cfg))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def _location_problems(cfg: Config) -> list[tuple[str, str]]:
+    """Every storage location of the config is a URI the user can have meant."""
+    from zeroseg import storage
+
+    keys = {
+        "storage.root": cfg.storage.root,
+        **{f"data.{k}": getattr(cfg.data, k) for k in ("train", "val", "bench", "generalisation")},
+        "teacher.cache_dir": cfg.teacher.cache_dir,
+        "eval.data_root": cfg.eval.data_root,
+        **{f"eval.data_roots.{k}": v for k, v in cfg.eval.data_roots.items()},
+    }
+    problems = []
+    for key, uri in keys.items():
+        if not uri:
+            continue
+        try:
+            storage.check_uri(str(uri), key)
+        except storage.BadURI as exc:
+            problems.append((key, exc.reason))
+    return problems
 
 
 def _architecture(cfg: Config) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -15,6 +16,7 @@ from typing import Any, TypeVar
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.registry import known_implementations
 
 T = TypeVar("T")
 
@@ -52,12 +54,60 @@ def has_protocol(uri: str) -> bool:
     return "://" in uri
 
 
+class BadURI(ValueError):
+    """A storage location that is not what the user can have meant."""
+
+
+# schemes whose first path part is a bucket / container that must be named
+_LOCAL_SCHEMES = ("file", "local", "memory")
+_SCHEME_LIKE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+):")
+
+
+def known_schemes() -> set[str]:
+    """Every scheme fsspec can open (built in or registered by an installed package)."""
+    return set(known_implementations) | set(fsspec.registry)
+
+
+def check_uri(uri: str, what: str = "location") -> str:
+    """Refuse a location that would silently go somewhere else: a scheme and no bucket
+    (``s3://`` would otherwise become a local folder), a scheme fsspec does not know, or a
+    local path that looks like a URI with its slashes missing (``s3:bucket/x``). Returns
+    ``uri`` unchanged; the error's ``reason`` says what is wrong without the key."""
+    reason = _uri_problem(uri)
+    if reason:
+        err = BadURI(f"{what}={uri}: {reason}")
+        err.reason = f"{uri!r} {reason}"
+        raise err
+    return uri
+
+
+def _uri_problem(uri: str) -> str | None:
+    target = uri.rsplit("::", 1)[-1]  # a chained URL (simplecache::s3://...) names it last
+    if "://" in target:
+        scheme, rest = target.split("://", 1)
+        if scheme not in known_implementations and scheme not in fsspec.registry:
+            common = ", ".join(("s3", "gs", "gcs", "az", "abfs", "file", "memory"))
+            return f"has an unknown storage scheme {scheme!r} (fsspec knows {common}, ...)"
+        if scheme not in _LOCAL_SCHEMES and not rest.split("/", 1)[0]:
+            return f"names no bucket or container after {scheme}://"
+        return None
+    m = _SCHEME_LIKE.match(target)
+    if m:
+        return (
+            f"looks like a URI without its '//' and would be a local folder named "
+            f"{m.group(1) + ':'!r}; write {m.group(1)}://... for object storage or ./{uri} for "
+            "a local path"
+        )
+    return None
+
+
 def is_local(uri: str) -> bool:
     return not has_protocol(uri) or uri.startswith("file://")
 
 
 def normalize(uri: str) -> str:
     """Absolute local paths (with ``~`` expanded) or untouched remote URLs."""
+    check_uri(uri)
     if uri.startswith("file://"):
         uri = uri[len("file://") :]
     if not has_protocol(uri):
