@@ -16,27 +16,76 @@ import numpy as np
 
 from zeroseg import storage
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = storage.IMAGE_EXTENSIONS
+UNSUPPORTED = "unsupported_format"
 
 
-def expand_inputs(items: list[str]) -> list[str]:
+def expand_inputs(items: list[str], skipped: dict[str, str] | None = None) -> list[str]:
     """Files stay as given; globs expand; folders / prefixes list their images recursively.
-    A name that matches nothing is kept, so it is reported as unreadable like any bad file."""
+    A name that matches nothing is kept, so it is reported as unreadable like any bad file.
+    Files a glob or folder holds that are not images go into ``skipped`` (uri -> reason)."""
     out: list[str] = []
+    skipped = {} if skipped is None else skipped
+
+    def keep(found: list[str]) -> None:
+        for uri in found:
+            if uri.lower().endswith(IMAGE_EXTENSIONS):
+                out.append(uri)
+            else:
+                skipped[uri] = f"{UNSUPPORTED} ({os.path.splitext(uri)[1] or 'no extension'})"
+
     for item in items:
         if any(c in item for c in "*?["):
             fs, path = storage.fs_and_path(item)
-            matches = sorted(fs.glob(path))
             protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
             prefix = "" if storage.is_local(item) else f"{protocol}://"
-            out += [prefix + m for m in matches if m.lower().endswith(IMAGE_EXTENSIONS)]
+            keep([prefix + m for m in sorted(fs.glob(path)) if not fs.isdir(m)])
             continue
         fs, path = storage.fs_and_path(item)
         if item.endswith("/") or fs.isdir(path):
-            out += storage.list_files(item, IMAGE_EXTENSIONS)
+            keep(storage.list_files(item))
         else:
             out.append(item)
     return out
+
+
+def output_names(uris: list[str]) -> dict[str, str]:
+    """A distinct output stem per input: the file's stem, or, where several inputs share one
+    (``a/x.png`` and ``b/x.png``, ``x.png`` and ``x.jpg``), as much of the path and extension
+    as tells them apart, so no output overwrites another."""
+
+    def parts(uri: str) -> tuple[list[str], str, str]:
+        path = uri.split("://", 1)[-1].rstrip("/")
+        *dirs, base = [p for p in path.split("/") if p]
+        stem, ext = os.path.splitext(base)
+        return dirs, stem, ext.lstrip(".")
+
+    def candidates(uri: str) -> list[str]:
+        dirs, stem, ext = parts(uri)
+        out = []
+        for depth in range(len(dirs) + 1):
+            lead = dirs[len(dirs) - depth :]
+            out += ["__".join([*lead, stem]), "__".join([*lead, f"{stem}_{ext}" if ext else stem])]
+        return out
+
+    names: dict[str, str] = {}
+    by_stem: dict[str, list[str]] = {}
+    for uri in dict.fromkeys(uris):
+        by_stem.setdefault(parts(uri)[1], []).append(uri)
+    for group in by_stem.values():
+        options = {u: candidates(u) for u in group}
+        for i in range(max(len(o) for o in options.values())):
+            tried = {u: o[min(i, len(o) - 1)] for u, o in options.items()}
+            if len(set(tried.values())) == len(group):
+                break
+        names.update(tried)
+    taken: dict[str, int] = {}
+    for uri, name in names.items():  # a disambiguated name may still meet another file's stem
+        n = taken.get(name, 0)
+        taken[name] = n + 1
+        if n:
+            names[uri] = f"{name}-{n + 1}"
+    return names
 
 
 def parse_classes(classes: str | None, classes_file: str | None) -> list[str]:
@@ -55,6 +104,11 @@ def parse_classes(classes: str | None, classes_file: str | None) -> list[str]:
     if "background" in names:
         raise ValueError("'background' is implicit (label 0); leave it out of the classes")
     return names
+
+
+def _is_dir(uri: str) -> bool:
+    fs, path = storage.fs_and_path(uri)
+    return fs.isdir(path)
 
 
 def _label_png(labels: np.ndarray) -> bytes:
@@ -90,20 +144,27 @@ def segment_images(
     from zeroseg.predict import parse_rule
     from zeroseg.segmenter import load_segmenter, resolve_device
 
-    names = parse_classes(classes, classes_file)
-    if len(names) > 254:
-        raise ValueError(f"{len(names)} classes: label maps hold at most 254")
+    classes_list = parse_classes(classes, classes_file)
+    if len(classes_list) > 254:
+        raise ValueError(f"{len(classes_list)} classes: label maps hold at most 254")
     parse_rule(background)
     device = resolve_device(device)
-    uris = expand_inputs(images)
+    if storage.exists(out_dir) and not _is_dir(out_dir):
+        raise ValueError(f"-o {out_dir} is a file; give a folder for the outputs")
+    skipped: dict[str, str] = {}
+    uris = expand_inputs(images, skipped)
+    for uri, reason in skipped.items():
+        print(f"zeroseg segment: skipping {uri}: {reason}")
     if not uris:
         raise FileNotFoundError(f"no images found in {images}")
+    names = output_names(uris)
     seg = load_segmenter(checkpoint, device=device, background=background, readout=readout)
-    seg.text_embeddings(names)  # once, before the first image
+    seg.text_embeddings(classes_list)  # once, before the first image
     storage.makedirs(out_dir)
     failures: dict[str, str] = {}
-    for uri in tqdm(uris, desc="segment", unit="img"):
-        stem = os.path.splitext(uri.rstrip("/").rsplit("/", 1)[-1])[0]
+    written = 0
+    for uri in tqdm(list(names), desc="segment", unit="img"):
+        stem = names[uri]
         try:
             image = np.asarray(decode_image(storage.read_bytes(uri), min_side=1))
         except BadImage as exc:
@@ -114,11 +175,13 @@ def segment_images(
             failures[uri] = type(exc).__name__
             tqdm.write(f"zeroseg segment: skipping {uri}: {exc}")
             continue
-        labels = seg.segment(image, names)
+        labels = seg.segment(image, classes_list)
         buf = io.BytesIO()
         scale = max(1, 256 // max(image.shape[:2]))
-        panel(image, [("segments", labels)], ["background", *names], scale=scale).save(buf, "PNG")
+        legend = ["background", *classes_list]
+        panel(image, [("segments", labels)], legend, scale=scale).save(buf, "PNG")
         storage.write_bytes(storage.join(out_dir, f"{stem}.png"), buf.getvalue())
+        written += 1
         if save_labels:
             npy = io.BytesIO()
             np.save(npy, labels.astype(np.int32))
@@ -126,9 +189,13 @@ def segment_images(
             storage.write_bytes(storage.join(out_dir, f"{stem}_labels.png"), _label_png(labels))
     if failures:
         storage.write_json(storage.join(out_dir, "failures.json"), failures)
-    summary = f"wrote {len(uris) - len(failures)} overlay(s) to {out_dir} ({device})"
+    if skipped:
+        storage.write_json(storage.join(out_dir, "skipped.json"), skipped)
+    summary = f"wrote {written} overlay(s) to {out_dir} ({device})"
     if failures:
         causes = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(failures.values()).items()))
         summary += f"; {len(failures)} image(s) could not be read ({causes}; see failures.json)"
+    if skipped:
+        summary += f"; skipped {len(skipped)} file(s) that are not images (see skipped.json)"
     print(summary)
     return 1 if failures else 0

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.segment import expand_inputs, parse_classes
+from pipeline.segment import expand_inputs, output_names, parse_classes
 from tests.eval_fixtures import write_random_checkpoint
 
 
@@ -66,6 +66,49 @@ def test_segment_batch_with_globs_folders_and_failures(tmp_path, capsys):
     summary = capsys.readouterr().out
     assert "wrote 3 overlay(s)" in summary and "2 image(s) could not be read" in summary
     assert "FileNotFoundError: 1" in summary and "not_an_image: 1" in summary
+    # a file the glob matched that is not an image is listed, not silently dropped
+    assert f"skipping {tmp_path / 'a' / 'notes.txt'}: unsupported_format (.txt)" in summary
+    assert "skipped 1 file(s) that are not images" in summary
+    skipped = json.loads((out / "skipped.json").read_text())
+    assert skipped == {str(tmp_path / "a" / "notes.txt"): "unsupported_format (.txt)"}
+
+
+def test_segment_never_overwrites_one_output_with_another(tmp_path, capsys):
+    """Same file names in two folders, one stem in two formats, a GIF inside a folder: one
+    output each, and the count printed is the count written."""
+    final = write_random_checkpoint(str(tmp_path / "final"))
+    rng = np.random.default_rng(1)
+    for sub in ("a", "b"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), np.uint8)).save(
+            tmp_path / "in" / sub / "x.png"
+        )
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), np.uint8)).save(tmp_path / "in" / "x.jpg")
+    Image.fromarray(rng.integers(0, 255, (24, 24), np.uint8), mode="L").save(
+        tmp_path / "in" / "a" / "anim.gif"
+    )
+    out = tmp_path / "out"
+    common = ["--classes", "circle", "--checkpoint", final, "--device", "cpu"]
+    assert main(["segment", str(tmp_path / "in"), "-o", str(out), *common]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a__x.png", "anim.png", "b__x.png", "in__x.png"]
+    assert "wrote 4 overlay(s)" in capsys.readouterr().out
+    # an output path that is a file is refused before any work, with the path named
+    (tmp_path / "taken.png").write_bytes(b"x")
+    assert main(["segment", str(tmp_path / "in"), "-o", str(tmp_path / "taken.png"), *common])
+    assert "taken.png is a file" in capsys.readouterr().err
+    assert (tmp_path / "taken.png").read_bytes() == b"x"
+
+
+def test_output_names_keep_just_enough_of_the_path():
+    assert output_names(["/d/a/x.png", "/d/b/x.png", "/d/y.png"]) == {
+        "/d/a/x.png": "a__x",
+        "/d/b/x.png": "b__x",
+        "/d/y.png": "y",
+    }
+    assert output_names(["/d/x.png", "/d/x.jpg"]) == {"/d/x.png": "x_png", "/d/x.jpg": "x_jpg"}
+    names = output_names(["/d/x.png", "/d/x.jpg", "/d/x_png.png"])
+    assert len(set(names.values())) == 3
 
 
 def test_class_names_and_inputs_errors(tmp_path):
