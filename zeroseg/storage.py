@@ -171,8 +171,18 @@ def write_json(uri: str, obj: Any) -> None:
     write_bytes(uri, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+class BadJSON(ValueError):
+    """A JSON object on storage that does not parse (truncated, overwritten, not JSON)."""
+
+
 def read_json(uri: str) -> Any:
-    return json.loads(read_bytes(uri))
+    """Parsed JSON; a file that does not parse is a ``BadJSON`` naming it (a bare decoder
+    error would not say which of a stage's many small files is damaged)."""
+    data = read_bytes(uri)
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not text
+        raise BadJSON(f"{uri} is not valid JSON ({exc}); it is damaged or not ours") from None
 
 
 def write_text(uri: str, text: str) -> None:

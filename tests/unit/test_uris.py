@@ -68,3 +68,12 @@ def test_a_bucketless_root_fails_before_any_work(tmp_path, monkeypatch, capsys):
     assert main(["extract", "storage.root=s3://"]) == 2
     assert "storage.root" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []  # no folder named "s3:" (or anything else) was made
+
+
+@pytest.mark.parametrize("content", [b'{"num_shards": 3', b"", b"\xff\xfe garbage"])
+def test_a_damaged_json_file_is_named(tmp_path, content):
+    path = tmp_path / "manifest.json"
+    path.write_bytes(content)
+    with pytest.raises(storage.BadJSON, match=r"manifest.json is not valid JSON"):
+        storage.read_json(str(path))
+    assert issubclass(storage.BadJSON, ValueError)  # the CLI reports it as a clear error
