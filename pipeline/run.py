@@ -244,7 +244,7 @@ def require_finished(uri: str, what: str, command: str) -> None:
 
 def require_final(final: str, command: str) -> None:
     """A checkpoint folder given by the user must hold the final weights and their config."""
-    from zeroseg.checkpoint import CONFIG, WEIGHTS
+    from zeroseg.checkpoint import CONFIG, WEIGHTS, check_weights
 
     for name in (WEIGHTS, CONFIG):
         if not storage.exists(storage.join(final, name)):
@@ -252,6 +252,7 @@ def require_final(final: str, command: str) -> None:
                 f"no finished training run at {storage.normalize(final)} ({name} is missing); "
                 f"run `{command}` first, or pass --checkpoint <a run's final/ folder>"
             )
+    check_weights(final)  # before Ray starts: a damaged checkpoint is named, not planned
 
 
 def run_stages(

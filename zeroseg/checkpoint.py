@@ -10,6 +10,8 @@ it loads neither torch nor the models.
 
 from __future__ import annotations
 
+import json
+import struct
 from typing import Any
 
 from zeroseg import storage
@@ -30,3 +32,45 @@ def final_folder(uri: str) -> str:
 def read_final_config(uri: str) -> dict[str, Any]:
     """The ``config.json`` of a ``final/`` folder (or of the folder holding its weights)."""
     return storage.read_json(storage.join(final_folder(uri), CONFIG))
+
+
+class BadCheckpoint(ValueError):
+    """Weights that are missing, truncated or not a safetensors file."""
+
+
+MAX_HEADER = 100 << 20  # a safetensors header is JSON of tensor names and shapes: small
+
+
+def check_weights(uri: str) -> dict[str, Any]:
+    """The safetensors header of a ``final/`` folder's weights (or of a weights file), read
+    from its first bytes only, so a damaged checkpoint is refused with its path and the reason
+    before any model is built or any cluster work starts."""
+    weights = storage.join(final_folder(uri), WEIGHTS)
+    try:
+        fs, path = storage.fs_and_path(weights)
+        size = fs.size(path)
+        with fs.open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            if not 2 <= n <= min(MAX_HEADER, size - 8):
+                raise BadCheckpoint(
+                    f"{weights} is not a safetensors checkpoint (no valid header; "
+                    f"{size} bytes): damaged, truncated or another format"
+                )
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise BadCheckpoint(f"{weights} does not exist") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, BadCheckpoint):
+            raise
+        raise BadCheckpoint(f"{weights} is not a safetensors checkpoint ({exc})") from None
+    if not isinstance(header, dict):
+        raise BadCheckpoint(f"{weights} is not a safetensors checkpoint (header is not a map)")
+    end = max(
+        (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0
+    )
+    if 8 + n + end > size:
+        raise BadCheckpoint(
+            f"{weights} is truncated: its header describes {8 + n + end} bytes, the file has {size}"
+        )
+    return header

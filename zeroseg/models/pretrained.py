@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from zeroseg import storage
-from zeroseg.checkpoint import CONFIG, WEIGHTS, final_folder
+from zeroseg.checkpoint import CONFIG, WEIGHTS, check_weights, final_folder
 
 from .registry import build_student
 from .student import Student, StudentConfig
@@ -58,6 +58,7 @@ def load_pretrained(
     arch = name_or_config if name_or_config is not None else saved["student"]
     dim = embed_dim if embed_dim is not None else int(saved["embed_dim"])
     model = build_student(arch, dim, **overrides)
+    check_weights(folder)  # a damaged file is named with its reason, not a decoder traceback
     model.load_state_dict(st_load(storage.read_bytes(storage.join(folder, WEIGHTS))))
     center = saved.get("target_center") if saved else None
     if center is not None:
