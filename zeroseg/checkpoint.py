@@ -10,6 +10,7 @@ it loads neither torch nor the models.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from typing import Any
@@ -50,27 +51,36 @@ def check_weights(uri: str) -> dict[str, Any]:
         fs, path = storage.fs_and_path(weights)
         size = fs.size(path)
         with fs.open(path, "rb") as f:
-            head = f.read(8)
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
-            if not 2 <= n <= min(MAX_HEADER, size - 8):
-                raise BadCheckpoint(
-                    f"{weights} is not a safetensors checkpoint (no valid header; "
-                    f"{size} bytes): damaged, truncated or another format"
-                )
-            header = json.loads(f.read(n))
+            return _header(f.read, size, weights)
     except FileNotFoundError:
         raise BadCheckpoint(f"{weights} does not exist") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, BadCheckpoint):
-            raise
-        raise BadCheckpoint(f"{weights} is not a safetensors checkpoint ({exc})") from None
-    if not isinstance(header, dict):
-        raise BadCheckpoint(f"{weights} is not a safetensors checkpoint (header is not a map)")
-    end = max(
-        (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"), default=0
-    )
+
+
+def check_weight_bytes(data: bytes, where: str) -> dict[str, Any]:
+    """:func:`check_weights` on weights already read (one read of the file, not two)."""
+    view = io.BytesIO(data)
+    return _header(view.read, len(data), where)
+
+
+def _header(read, size: int, where: str) -> dict[str, Any]:
+    """Parse and check a safetensors header through ``read`` (file positioned at 0)."""
+    head = read(8)
+    n = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+    if not 2 <= n <= min(MAX_HEADER, size - 8):
+        raise BadCheckpoint(
+            f"{where} is not a safetensors checkpoint (no valid header; {size} bytes): damaged, "
+            "truncated or another format"
+        )
+    try:
+        header = json.loads(read(n))
+        end = max(
+            (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise BadCheckpoint(f"{where} is not a safetensors checkpoint ({exc!r})") from None
     if 8 + n + end > size:
         raise BadCheckpoint(
-            f"{weights} is truncated: its header describes {8 + n + end} bytes, the file has {size}"
+            f"{where} is truncated: its header describes {8 + n + end} bytes, the file has {size}"
         )
     return header

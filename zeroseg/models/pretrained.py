@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from zeroseg import storage
-from zeroseg.checkpoint import CONFIG, WEIGHTS, check_weights, final_folder
+from zeroseg.checkpoint import CONFIG, WEIGHTS, check_weight_bytes, final_folder
 
 from .registry import build_student
 from .student import Student, StudentConfig
@@ -58,8 +58,10 @@ def load_pretrained(
     arch = name_or_config if name_or_config is not None else saved["student"]
     dim = embed_dim if embed_dim is not None else int(saved["embed_dim"])
     model = build_student(arch, dim, **overrides)
-    check_weights(folder)  # a damaged file is named with its reason, not a decoder traceback
-    model.load_state_dict(st_load(storage.read_bytes(storage.join(folder, WEIGHTS))))
+    weights = storage.join(folder, WEIGHTS)
+    data = storage.read_bytes(weights)
+    check_weight_bytes(data, weights)  # a damaged file is named with its reason, not a traceback
+    model.load_state_dict(st_load(data))
     center = saved.get("target_center") if saved else None
     if center is not None:
         model.set_target_center(torch.tensor(center))
