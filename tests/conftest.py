@@ -8,6 +8,12 @@ import pytest
 
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+# Ray Train polls its workers every 2 s and starts a preemption watcher actor (one more process
+# importing torch) per run; the tests train dozens of tiny runs on a machine that is never
+# preempted, so they poll faster and go without the watcher. Ray Train hands both settings on
+# from the driver to its controller and workers.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

@@ -35,7 +35,11 @@ def cluster(teacher_cache):
         "token": "zs-planted-ray-" + secrets.token_hex(12),
     }
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "RAY_"))},
+        **{
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("AWS_", "RAY_")) or k.startswith("RAY_TRAIN_")  # conftest's
+        },
         "AWS_ACCESS_KEY_ID": "zeroseg-cluster",
         "AWS_SECRET_ACCESS_KEY": secret["aws"],
         "AWS_DEFAULT_REGION": "us-east-1",

@@ -34,7 +34,7 @@ def _cache(root: str) -> tuple[str, dict[str, np.ndarray]]:
 def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
     data = tmp_path / "data"
     subprocess.run(
-        [ZEROSEG, "data", "shapes", "--out", str(data), "--n", "128", "--seed", "5"],
+        [ZEROSEG, "data", "shapes", "--out", str(data), "--n", "64", "--seed", "5"],
         check=True,
         capture_output=True,
     )
@@ -102,5 +102,5 @@ def test_sigkill_then_resume_equals_clean_run(tmp_path, teacher_cache):
         assert np.array_equal(a[key], b[key]), key
     rows_a = pq.read_table(f"{stage_a}/index.parquet").to_pylist()
     rows_b = pq.read_table(f"{stage_b}/index.parquet").to_pylist()
-    assert [r["row"] for r in rows_a] == list(range(128))
+    assert [r["row"] for r in rows_a] == list(range(64))
     assert rows_a == rows_b

@@ -149,6 +149,8 @@ def test_generalisation_split_is_scored_with_the_val_rule(demo):
 
 
 def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
+    """Two recipes and an alias of one of them (the table's verdict on the paper's four-way
+    ordering is checked on known rows in tests/unit/test_ablation_table.py)."""
     cfg, _, _ = demo
     args = [
         "ablate",
@@ -159,8 +161,6 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
         "train.max_steps=3",
         "ablation.variants.both=[]",
         "ablation.variants.base=[train.multiscale_views=global,train.w_matching=0]",
-        "ablation.variants.multiscale=[train.w_matching=0]",
-        "ablation.variants.matching=[train.multiscale_views=global]",
         # the demo's own mask ratio: the same recipe as "both", so not trained again
         f"ablation.variants.same_mask=[train.mask_ratio={cfg.train.mask_ratio}]",
     ]
@@ -168,27 +168,25 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("teacher cache extracted once") == 1
-    assert out.count("reusing cache") == 4
+    assert out.count("reusing cache") == 2
     assert "'same_mask': the same recipe as 'both'" in out
     assert len(os.listdir(os.path.join(cfg.storage.root, "extract"))) == 1  # one cache
     result = json.load(open(os.path.join(cfg.storage.root, "ablation", "ablation.json")))
-    names = ["both", "base", "multiscale", "matching", "same_mask"]
+    names = ["both", "base", "same_mask"]
     assert result["order"] == names and set(result["variants"]) == set(names)
     assert result["variants"][same]["same_as"] == "both"
     assert result["variants"][same]["miou"] == result["variants"]["both"]["miou"]
+    assert result["variants"]["base"]["checkpoint"] != result["variants"]["both"]["checkpoint"]
     for row in result["variants"].values():
         assert 0.0 <= row["miou"] <= 1.0 and row["samples_per_s"] > 0
-    assert set(result["paper_order"]["checks"]) == {
-        "base < multiscale",
-        "multiscale < matching",
-        "matching <= both",
-    }
+    assert result["paper_order"] is None  # not all four of the paper's variants were run
+    assert set(result["baselines"]) >= {"grid_crop", "all_background"}
     table = open(os.path.join(cfg.storage.root, "ablation", "ablation.md")).read()
-    assert "(same run as both)" in table and "Paper ordering" in table
+    assert "(same run as both)" in table and "Paper ordering" not in table
     assert table.index("| both |") < table.index("| base |") < table.index("| same_mask |")
     # every distinct variant is its own training run
     runs = os.listdir(os.path.join(cfg.storage.root, "train"))
-    assert sum(r.startswith("demo-") for r in runs) >= 4
+    assert {"both", "base"} <= {r.split("-")[1] for r in runs if r.startswith("demo-")}
 
 
 def test_ablation_refuses_a_variant_that_changes_the_cache(tmp_path, capsys):

@@ -96,7 +96,7 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, cache, tmp_pa
     root = tmp_path / "run"
     cfg = load_config(
         "jobs/demo.yaml",
-        _overrides(str(root), "train.max_steps=120", "train.checkpoint_every_steps=20"),
+        _overrides(str(root), "train.max_steps=40", "train.checkpoint_every_steps=10"),
     )
     killed: dict = {}
 
@@ -121,11 +121,11 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_local, cache, tmp_pa
     assert after["pid"] != killed["pid"]  # a new worker process took over
     assert after["start_step"] > 0  # ... and started from a checkpoint, not from scratch
     rows = _history(final)
-    assert rows[-1]["step"] == 120
+    assert rows[-1]["step"] == 40
     assert rows[-1]["resumed_from_step"] == after["start_step"]
-    assert [r["step"] for r in rows] == list(range(5, 121, 5))  # no step lost or repeated
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))  # no step lost or repeated
     config = json.load(open(os.path.join(final, "config.json")))
-    assert config["steps"] == 120
+    assert config["steps"] == 40
     run = os.path.dirname(final)
     assert glob.glob(f"{run}/tensorboard/events.out.tfevents.*")
     assert os.path.getsize(f"{final}/loss_curve.png") > 1000
@@ -140,7 +140,7 @@ def test_killed_driver_rerun_resumes(cache, tmp_path):
         "jobs/demo.yaml",
         "--cache",
         cache,
-        *_overrides(str(root), "train.max_steps=120", "train.checkpoint_every_steps=20"),
+        *_overrides(str(root), "train.max_steps=40", "train.checkpoint_every_steps=10"),
         "ray.num_cpus=2",
     ]
     # its own session: the Ray processes it starts share the group, so the test can reap them
@@ -184,7 +184,7 @@ def _kill_and_rerun(proc: subprocess.Popen, root, args: list[str]) -> None:
     assert f"resumed from checkpoint at step {start}" in rerun.stdout + rerun.stderr
     (final,) = glob.glob(f"{root}/train/*/final")
     rows = _history(final)
-    assert rows[-1]["step"] == 120 and rows[-1]["resumed_from_step"] == start
+    assert rows[-1]["step"] == 40 and rows[-1]["resumed_from_step"] == start
 
 
 def test_checkpoints_and_metrics_on_s3(ray_local, s3_server, tmp_path):
