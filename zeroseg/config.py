@@ -144,13 +144,13 @@ class ExtractConfig:
 class StudentConfig:
     preset: str = "student-tiny"
     # Preset fields to override, grouped ({"encoder": {"depth": 6}}) or flat ({"depth": 6}).
-    # Held flat (zeroseg.models.flat_student_config): either spelling resolves, and so
+    # Held flat (zeroseg.student_config.flat_student_config): either spelling resolves, and so
     # fingerprints, the same.
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.overrides:  # the models (torch) only when there is something to spell
-            from .models.student import flat_student_config
+        if self.overrides:
+            from .student_config import flat_student_config
 
             self.overrides = flat_student_config(self.overrides, STUDENT_OVERRIDES)
 
@@ -413,8 +413,7 @@ def _location_problems(cfg: Config) -> list[tuple[str, str]]:
 def _architecture(cfg: Config) -> dict[str, Any]:
     """The student's fields: its preset's, then ``student.overrides``, then the teacher stem's
     tower (what the train stage fills in). KeyError for an unknown preset."""
-    from .models.registry import student_config
-    from .models.student import flat_student_config
+    from .student_config import flat_student_config, student_config
 
     merged = student_config(cfg.student.preset)
     merged.update(flat_student_config(cfg.student.overrides, STUDENT_OVERRIDES))
@@ -425,7 +424,7 @@ def _architecture(cfg: Config) -> dict[str, Any]:
 
 def _student_problems(cfg: Config) -> list[tuple[str, str]]:
     """The preset and its overrides must make a valid student before any cluster work."""
-    from .models.student import StudentConfig as Architecture
+    from .student_config import StudentConfig as Architecture
 
     if "mask_ratio" in cfg.student.overrides:
         why = "the student's mask ratio is a training setting: set train.mask_ratio"
@@ -620,7 +619,7 @@ def _flatten_student_overrides(data: DictConfig) -> None:
     overrides = student.get("overrides") if isinstance(student, DictConfig) else None
     if not isinstance(overrides, DictConfig) or not len(overrides):
         return
-    from .models.student import flat_student_config
+    from .student_config import flat_student_config
 
     raw = OmegaConf.to_container(overrides, resolve=False)
     try:

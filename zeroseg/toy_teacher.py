@@ -25,7 +25,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import open_clip
@@ -34,23 +34,27 @@ import torch.nn.functional as F
 
 from zeroseg import storage
 from zeroseg.data.shapes import (
-    COLOURS,
     SHAPES,
     WorldSettings,
     generalisation_world,
     render_scene,
 )
 from zeroseg.teacher import MODEL_CONFIG_DIR, Teacher, register_model_configs
-from zeroseg.views import grid_pixel_boxes, resize_views
+from zeroseg.toy_pool import (
+    Pool,
+    PoolSpec,
+    caption_vocabulary,
+    single_world,
+    to_float,
+)
+from zeroseg.toy_pool import build_pool as render_pool
+from zeroseg.views import grid_pixel_boxes
 
 MODEL_NAME = "zeroseg-toyclip"
 MODEL_CONFIG = MODEL_CONFIG_DIR / f"{MODEL_NAME}.json"
 RECIPE_VERSION = 2  # bump when the recipe changes what a given set of settings trains
 register_model_configs()
 
-SHAPE_TEMPLATES: tuple[str, ...] = ("a photo of a {}.", "a photo of the {}.", "a {}.")
-COLOUR_TEMPLATE = "a photo of {} {} {}."  # article, colour, shape
-BACKGROUND_PROMPTS: tuple[str, ...] = ("a photo of the background.", "a photo of nothing.")
 EVAL_SEED = 1_000_003  # held-out scenes; training seeds never use this stream
 
 
@@ -70,6 +74,9 @@ class ToyTeacherSettings:
     aux_weight: float = 1.0  # supervised shape head on the image embedding (warm start)
     seed: int = 0
     pool_size: int = 48000
+    # views per pool generator: 0 draws the whole pool from one generator in order (the shipped
+    # teacher's recipe); > 0 renders chunks in parallel, on ``threads`` processes, to the same pool
+    pool_chunk: int = 0
     single_fraction: float = 0.4  # share of the pool that is single objects
     background_fraction: float = 0.06  # share of scene views that may be background-only
     level_weights: tuple[float, float, float, float] = (0.1, 0.2, 0.3, 0.4)  # 1x1 .. 4x4 views
@@ -94,6 +101,8 @@ class ToyTeacherSettings:
         d = asdict(self)
         for k in ("stop_at", "eval_every", "eval_n"):
             d.pop(k)
+        if not d["pool_chunk"]:  # recipes recorded before chunked pools existed
+            d.pop("pool_chunk")
         d["world"] = self.world.to_dict()
         d["recipe_version"] = RECIPE_VERSION
         return d
@@ -103,159 +112,27 @@ class ToyTeacherSettings:
 # prompts and views
 
 
-def article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def colour_prompt(colour: str, shape: str) -> str:
-    return COLOUR_TEMPLATE.format(article(colour), colour, shape)
-
-
-def caption_vocabulary(
-    shapes: Sequence[str] = SHAPES, colours: Sequence[str] = tuple(COLOURS)
-) -> tuple[list[str], dict[str, list[int]], dict[tuple[str, str], int], list[int]]:
-    """Training prompts plus maps: shape -> prompt ids, (colour, shape) -> id, background ids."""
-    prompts: list[str] = []
-    by_shape: dict[str, list[int]] = {}
-    by_pair: dict[tuple[str, str], int] = {}
-    for s in shapes:
-        by_shape[s] = []
-        for t in SHAPE_TEMPLATES:
-            by_shape[s].append(len(prompts))
-            prompts.append(t.format(s))
-        for c in colours:
-            by_pair[(c, s)] = len(prompts)
-            prompts.append(colour_prompt(c, s))
-    background = list(range(len(prompts), len(prompts) + len(BACKGROUND_PROMPTS)))
-    prompts.extend(BACKGROUND_PROMPTS)
-    return prompts, by_shape, by_pair, background
-
-
-def cut(image: torch.Tensor, box: Sequence[int], size: int) -> torch.Tensor:
-    """(3, H, W) float -> (3, size, size): integer crop then the shared resize."""
-    x0, y0, x1, y1 = box
-    return resize_views(image[None, :, y0:y1, x0:x1], size)[0]
-
-
-def _to_float(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-
-
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
-
-
 # ---------------------------------------------------------------------------------------------
 # training pool
-
-
-@dataclass
-class Pool:
-    images: torch.Tensor  # (N, 3, S, S) uint8
-    positives: torch.Tensor  # (N, P) bool over the caption vocabulary
-    prompts: list[str]
-
-
-def _view_positives(
-    inst: np.ndarray,
-    objects: list,
-    box: Sequence[int],
-    by_shape: dict,
-    by_pair: dict,
-    background: list[int],
-    n_prompts: int,
-) -> np.ndarray | None:
-    """Prompts true of a view, or None when the view is ambiguous (a sliver of an object)."""
-    x0, y0, x1, y1 = box
-    sub = inst[y0:y1, x0:x1]
-    area = sub.size
-    counts = np.bincount(sub.ravel(), minlength=len(objects) + 1)
-    pos = np.zeros(n_prompts, bool)
-    any_obj = False
-    for i, o in enumerate(objects):
-        k = counts[i + 1]
-        if k == 0:
-            continue
-        cover, inside = k / area, k / max(o.pixels, 1)
-        if cover >= 0.15 or inside >= 0.6:
-            pos[by_shape[o.shape]] = True
-            if o.colour:
-                pos[by_pair[(o.colour, o.shape)]] = True
-            any_obj = True
-        elif cover >= 0.03:
-            return None
-    if not any_obj:
-        pos[background] = True
-    return pos
-
-
-def _single_world(world: WorldSettings, size_range: tuple[float, float]) -> WorldSettings:
-    """One object per scene, at the single-object sizes (minus the world's held-out band)."""
-    return replace(world, objects=(1, 1), size_range=size_range)
 
 
 def build_pool(
     settings: ToyTeacherSettings, n: int | None = None, seed_stream: int = 0, progress: bool = False
 ) -> Pool:
-    """Render the training pool: single objects plus labelled grid views of scenes, each scene
-    at a side drawn from ``scene_sizes`` and every view resized to the world's image size."""
-    n = settings.pool_size if n is None else n
-    world = settings.world
-    size = world.image_size
-    prompts, by_shape, by_pair, background = caption_vocabulary(world.shapes)
-    images = torch.empty(n, 3, size, size, dtype=torch.uint8)
-    positives = torch.zeros(n, len(prompts), dtype=torch.bool)
-    rng = np.random.default_rng([settings.seed, 7919, seed_stream])
-    lo, hi = settings.scene_sizes
-    single = _single_world(world, settings.single_size_range)
-    n_single = int(round(n * settings.single_fraction))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n, desc="toy teacher pool", unit="img", leave=False)
-    for i in range(n_single):
-        side = int(rng.integers(lo, hi + 1))
-        sc = render_scene(rng, replace(single, image_size=side))
-        o = sc.objects[0] if sc.objects else None
-        img = _to_float(sc.image)
-        images[i] = _to_uint8(cut(img, (0, 0, side, side), size))
-        if o is None or o.pixels == 0:
-            positives[i, background] = True
-            continue
-        positives[i, by_shape[o.shape]] = True
-        if o.colour:
-            positives[i, by_pair[(o.colour, o.shape)]] = True
-    if bar is not None:
-        bar.update(n_single)
-    level_of = np.concatenate([[lv] * lv * lv for lv in (1, 2, 3, 4)])
-    w = np.array([settings.level_weights[lv - 1] / (lv * lv) for lv in level_of])
-    w = w / w.sum()
-    i = n_single
-    while i < n:
-        side = int(rng.integers(lo, hi + 1))
-        sc = render_scene(rng, replace(world, image_size=side))
-        boxes = grid_pixel_boxes(side)
-        img = _to_float(sc.image)
-        order = rng.choice(len(boxes), size=4, replace=False, p=w)
-        for v in order:
-            if i >= n:
-                break
-            pos = _view_positives(
-                sc.instances, sc.objects, boxes[v], by_shape, by_pair, background, len(prompts)
-            )
-            if pos is None:
-                continue
-            if pos[background].any() and rng.random() > settings.background_fraction * 4:
-                continue  # keep background-only views rare
-            images[i] = _to_uint8(cut(img, boxes[v], size))
-            positives[i] = torch.from_numpy(pos)
-            i += 1
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return Pool(images, positives, prompts)
+    """Render the training pool of ``settings`` (chunked recipes on ``threads`` processes)."""
+    spec = PoolSpec(
+        world=settings.world,
+        n=settings.pool_size if n is None else n,
+        seed=settings.seed,
+        single_fraction=settings.single_fraction,
+        background_fraction=settings.background_fraction,
+        level_weights=settings.level_weights,
+        single_size_range=settings.single_size_range,
+        scene_sizes=settings.scene_sizes,
+        seed_stream=seed_stream,
+        chunk=settings.pool_chunk,
+    )
+    return render_pool(spec, processes=settings.threads, progress=progress)
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -313,20 +190,20 @@ def eval_sets(
     world = world or WorldSettings()
     size = world.image_size
     rng = np.random.default_rng([seed, 1])
-    single_world = _single_world(world, _clip_range(single_size_range, world))
+    singles_of = single_world(world, _clip_range(single_size_range, world))
     singles, ys = [], []
     while len(singles) < n:
-        sc = render_scene(rng, single_world)
+        sc = render_scene(rng, singles_of)
         if not sc.objects or sc.objects[0].pixels == 0:
             continue
-        singles.append(_to_float(sc.image))
+        singles.append(to_float(sc.image))
         ys.append(SHAPES.index(sc.objects[0].shape))
     rng = np.random.default_rng([seed, 2])
     cells, yc = [], []
     boxes = grid_pixel_boxes(size, levels=(4,))
     while len(cells) < n:
         sc = render_scene(rng, world)
-        img = _to_float(sc.image)
+        img = to_float(sc.image)
         for x0, y0, x1, y1 in boxes:
             sub = sc.instances[y0:y1, x0:x1]
             counts = np.bincount(sub.ravel(), minlength=len(sc.objects) + 1)[1:] / sub.size

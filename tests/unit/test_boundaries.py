@@ -54,6 +54,26 @@ def test_config_errors_fail_before_ray_starts():
     assert "extract.num_actorz" in out.stderr
 
 
+def test_validating_a_config_loads_no_model_code():
+    """Every command validates its config first; that must not cost a torch and timm import
+    (seconds per command), also for a student given in either spelling and a bad one."""
+    code = (
+        "import sys\n"
+        "from zeroseg.config import ConfigError, load_config\n"
+        "for job in ('jobs/demo.yaml', 'jobs/quality.yaml', 'jobs/paper_exact.yaml'):\n"
+        "    load_config(job, ['student.overrides.encoder.depth=3'])  # checks every section\n"
+        "try:\n"
+        "    load_config('jobs/demo.yaml', ['student.overrides.encoder.nope=3'])\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+        "heavy = sorted(m for m in ('torch', 'timm', 'open_clip') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "student.overrides.encoder.nope" in out.stdout
+
+
 def test_help_teaches():
     out = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", "--help"], capture_output=True, text=True

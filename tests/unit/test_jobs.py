@@ -120,7 +120,7 @@ def test_packaged_working_dir_stays_under_rays_limit(tmp_path):
 
 
 def test_paper_exact_job_switches_every_beyond_the_paper_option_off():
-    from zeroseg.models.registry import student_config
+    from zeroseg.student_config import student_config
 
     cfg = load_config(str(JOBS_DIR / "paper_exact.yaml"))
     assert paper_deviations(cfg) == {}

@@ -20,7 +20,7 @@ from zeroseg.models import (
     student_config,
 )
 from zeroseg.models.grouping import straight_through_onehot
-from zeroseg.models.registry import CONFIG_DIR
+from zeroseg.student_config import CONFIG_DIR
 
 D = 32
 

@@ -57,18 +57,39 @@ def test_grid_boxes_tile_the_image():
         assert (cover == 1).all()
 
 
-def test_pool_labels_match_views():
-    s = ToyTeacherSettings(pool_size=400)
+@pytest.mark.parametrize("chunk", [0, 70])
+def test_pool_labels_match_views(chunk):
+    s = ToyTeacherSettings(pool_size=400, pool_chunk=chunk)
     pool = build_pool(s)
     prompts, by_shape, _, background = caption_vocabulary()
     assert pool.images.shape == (400, 3, 64, 64) and pool.images.dtype == torch.uint8
     assert pool.positives.any(1).all()
-    # single-object items carry exactly one shape's prompts
+    # single-object items carry exactly one shape's prompts, scene views come after them
     n_single = round(400 * s.single_fraction)
     for i in range(n_single):
         shapes = [k for k, ids in by_shape.items() if pool.positives[i, ids].all()]
         assert len(shapes) == 1
         assert not pool.positives[i, background].any()
+    assert pool.positives[n_single:, background].any()  # the rare background-only views
+
+
+def test_a_chunked_pool_does_not_depend_on_how_many_processes_render_it():
+    one = build_pool(ToyTeacherSettings(pool_size=300, pool_chunk=70, threads=1))
+    two = build_pool(ToyTeacherSettings(pool_size=300, pool_chunk=70, threads=2))
+    assert torch.equal(one.images, two.images) and torch.equal(one.positives, two.positives)
+    # chunks have generators of their own: another recipe than the one-generator pool
+    whole = build_pool(ToyTeacherSettings(pool_size=300, threads=1))
+    assert not torch.equal(one.images, whole.images)
+    other = build_pool(ToyTeacherSettings(pool_size=300, pool_chunk=60, threads=1))
+    assert not torch.equal(one.images, other.images)
+
+
+def test_the_pool_chunk_enters_the_recipe_only_when_it_is_used():
+    assert "pool_chunk" not in ToyTeacherSettings().recipe()  # as the shipped record has it
+    chunked = ToyTeacherSettings(pool_chunk=2000).recipe()
+    assert chunked["pool_chunk"] == 2000 and chunked != ToyTeacherSettings().recipe()
+    # the process count is the thread count, which is in the recipe already
+    assert ToyTeacherSettings(threads=1).recipe() != ToyTeacherSettings().recipe()
 
 
 def test_multi_positive_loss_prefers_true_prompts():

@@ -1,15 +1,20 @@
 """Student networks and their registry of presets."""
 
+from zeroseg.student_config import (
+    STUDENT_LAYOUT,
+    StudentConfig,
+    flat_student_config,
+    list_students,
+    nested_student_config,
+    student_config,
+)
+
 from .grouping import Assignment, GroupingBlock
 from .pretrained import create_student, load_pretrained
-from .registry import build_student, list_students, student_config
+from .registry import build_student
 from .student import (
-    STUDENT_LAYOUT,
     Student,
-    StudentConfig,
     count_parameters,
-    flat_student_config,
-    nested_student_config,
     parameter_breakdown,
     random_masking,
     sincos_pos_embed_2d,

@@ -7,9 +7,10 @@ from typing import Any
 
 from zeroseg import storage
 from zeroseg.checkpoint import CONFIG, WEIGHTS, check_weight_bytes, final_folder
+from zeroseg.student_config import StudentConfig
 
 from .registry import build_student
-from .student import Student, StudentConfig
+from .student import Student
 
 
 def create_student(

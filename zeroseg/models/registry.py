@@ -8,53 +8,15 @@ rebuilds the exact net, whichever form the dict is in.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-from .student import Student, StudentConfig, flat_student_config
+from zeroseg.student_config import (
+    StudentConfig,
+    flat_student_config,
+    student_config,
+)
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
-_PREFIXES = ("student-", "zeroseg-")
-
-
-def _preset_paths() -> dict[str, Path]:
-    out = {}
-    for path in sorted(CONFIG_DIR.glob("*.json")):
-        if path.stem.startswith(_PREFIXES) and _is_student_json(path):
-            out[path.stem] = path
-    return out
-
-
-def _is_student_json(path: Path) -> bool:
-    # The same folder holds open_clip architectures (teacher configs); keep only ours.
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    if not isinstance(data, dict):
-        return False
-    try:
-        flat = flat_student_config(data)
-    except (KeyError, ValueError):  # e.g. an open_clip config's embed_dim / vision_cfg
-        return False
-    return "patch_size" in flat and "num_groups" in flat
-
-
-def list_students() -> list[str]:
-    """Names of the shipped student presets."""
-    return sorted(_preset_paths())
-
-
-def student_config(name: str) -> dict[str, Any]:
-    """The full resolved config dict of a preset (defaults filled in), flat: the form runs save
-    and the train stage merges ``student.overrides`` into (``StudentConfig.to_nested_dict`` or
-    :func:`nested_student_config` give the grouped view)."""
-    paths = _preset_paths()
-    if name not in paths:
-        raise KeyError(f"unknown student preset {name!r}; known: {sorted(paths)}")
-    raw = json.loads(paths[name].read_text())
-    return StudentConfig.from_dict(raw).to_dict()
+from .student import Student
 
 
 def build_student(
