@@ -18,7 +18,7 @@ examples:
   zeroseg train --config jobs/demo.yaml train.epochs=20  # reuses the cache, new run folder
   zeroseg eval --config jobs/demo.yaml --checkpoint runs/demo/train/<run>/final
   zeroseg ablate --config jobs/ablation.yaml             # one cache, a table of recipes
-  zeroseg status runs/demo/extract/<fingerprint>
+  zeroseg status runs/demo                               # every stage: done, pending, ETA
   zeroseg submit extract --address http://HEAD:8265 --config jobs/extract_in1k_vitl14.yaml --wait
   zeroseg jobs list --address http://HEAD:8265
   zeroseg segment photo.png --classes "circle,star" --checkpoint <final dir> -o out/
@@ -274,9 +274,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
-        "status", help="done / pending / failed shards, images/s, ETA and skip reasons"
+        "status",
+        help="progress of a stage folder or a whole storage.root, read from storage",
+        description=(
+            "What a stage folder holds and how its run is going, read from storage alone (no "
+            "Ray): extract (shards done / pending / failed, images/s of the latest run, ETA, "
+            "skip reasons), a train run (steps done, newest checkpoint, this run's samples/s, "
+            "ETA) or eval (parts done / pending, the scores once finished). Given a "
+            "storage.root it shows every stage folder below it. Exit code 1 when units are "
+            "recorded as failed."
+        ),
+        epilog=(
+            "examples:\n"
+            "  zeroseg status runs/demo                        # every stage of the demo\n"
+            "  zeroseg status runs/demo/extract/<fingerprint>\n"
+            "  zeroseg status s3://bucket/zs/train/<run>"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("stage_dir")
+    p.add_argument("stage_dir", help="a stage folder or a storage.root (any fsspec URL)")
 
     p = sub.add_parser("data", help="generate datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="dataset")
@@ -381,6 +397,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"zeroseg {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        _stop_local_ray()
+        hint = " — rerun the same command to resume" if args.command in RESUMABLE else ""
+        print(f"\nzeroseg {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
+
+
+# Commands whose finished work survives an interrupt and is skipped by the next run.
+RESUMABLE = ("run", "extract", "train", "eval", "ablate", "teacher-pretrain")
+
+
+def _stop_local_ray() -> None:
+    """Shut down the Ray this process started (or disconnect from a cluster): no Ray processes
+    outlive an interrupted command."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def _dispatch(args, parser) -> int:
@@ -388,8 +421,10 @@ def _dispatch(args, parser) -> int:
     if cmd == "data":
         if args.data_command != "shapes":
             parser.parse_args(["data", "--help"])
+        from zeroseg import storage
         from zeroseg.data.shapes import WorldSettings, write_split
 
+        storage.check_output_folder(args.out, "--out")
         write_split(
             args.out,
             n=args.n,
@@ -448,6 +483,10 @@ def _dispatch(args, parser) -> int:
             raise SystemExit(
                 f"--stop-at must lie in [1, teacher.pretrain_steps={cfg.teacher.pretrain_steps}]"
             )
+        if args.out:
+            from zeroseg import storage
+
+            storage.check_output_folder(args.out, "--out")
         pretrain_toy_teacher(cfg, force=args.force, out_dir=args.out, stop_at=args.stop_at)
         return 0
 

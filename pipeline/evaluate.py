@@ -293,6 +293,8 @@ class EvalStage(Stage):
             config_to_dict(self.cfg),
             checkpoint=self.final_uri,
             protocol=self.proto,
+            parts=len(self.parts),
+            images={split: len(v) for split, v in self.ids.items()},
         )
 
     def units(self) -> list[int]:

@@ -29,6 +29,10 @@ def _hint(exc: Exception, what: str, uri: str) -> str:
 
 def check_writable(uri: str, what: str) -> None:
     """Write and delete a probe object: catches a missing bucket or a read-only credential."""
+    try:
+        storage.check_output_folder(uri, what)
+    except storage.NotAFolder as exc:
+        raise PreflightError(str(exc)) from None
     probe = storage.join(uri, f".zeroseg-probe-{uuid.uuid4().hex[:8]}")
     try:
         storage.write_bytes(probe, b"ok")

@@ -287,9 +287,21 @@ def run_stage(stage: Stage, log: Callable[[str], None] = print) -> Any:
     if not overwrite and not redo and out.succeeded():
         log(f"[{stage.name}] {stage.skip_message}: {out.uri}")
         return stage.result()
+    from .lease import Lease
+
+    with Lease(out.uri, stage.name, log) as lease:
+        if not overwrite and not redo and out.succeeded():  # finished by the run before ours
+            log(f"[{stage.name}] {stage.skip_message}: {out.uri}")
+            return stage.result()
+        _run_pending(stage, out, overwrite, redo, lease, log)
+    return stage.result()
+
+
+def _run_pending(stage: Stage, out: StageDir, overwrite: bool, redo: list[int], lease, log) -> None:
     stage.check()
     if overwrite:
         out.clear()
+        lease.renew()
     stage.prepare()
     units = stage.units()
     done = stage.done_units() - set(redo)
@@ -333,4 +345,3 @@ def run_stage(stage: Stage, log: Callable[[str], None] = print) -> Any:
         pending = sorted(failed)
     stage.finalize(time.perf_counter() - t0)
     out.mark_success()
-    return stage.result()

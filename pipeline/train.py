@@ -246,8 +246,11 @@ def _train_loop(config: dict[str, Any]) -> None:
             "host": socket.gethostname(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "start_step": step,
+            "total_steps": total_steps,
+            "global_batch": batch * world,
             "reader": source.kind,
             "started_at": now(),
+            "started_unix": time.time(),
         },
     )
     # A switched-off term (or no masking) leaves some parameters without gradient; DDP must know.

@@ -294,6 +294,107 @@ class Config:
     ablation: AblationConfig = field(default_factory=AblationConfig)
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The valid range of one numeric key: ``lo <= v`` (``lo < v`` when ``lo_open``) and
+    ``v <= hi`` (``v < hi`` when ``hi_open``); ``note`` says what a boundary value means."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+
+    def holds(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            text = (
+                f"must be in {'(' if self.lo_open else '['}{self.lo:g}, "
+                f"{self.hi:g}{')' if self.hi_open else ']'}"
+            )
+        elif self.lo is not None:
+            text = f"must be {'>' if self.lo_open else '>='} {self.lo:g}"
+        else:
+            text = f"must be {'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+_POSITIVE = Bound(1)
+_COUNT = Bound(0)  # counts, seeds, resource shares: zero allowed, negative never
+_WEIGHT = Bound(0, note="0 turns the term off")
+
+# Every int / float key of the schema and its range; tests/unit/test_config_ranges.py fails for
+# a numeric key added without a rule here. Consistency between keys is checked in _check.
+NUMERIC_RULES: dict[str, Bound] = {
+    "world.image_size": Bound(8),
+    "world.n_train": _POSITIVE,
+    "world.n_val": _POSITIVE,
+    "world.n_bench": _POSITIVE,
+    "world.seed": _COUNT,
+    "world.n_generalisation": Bound(0, note="0 = no generalisation split"),
+    "world.generalisation_image_size": Bound(8),
+    "teacher.pretrain_steps": _POSITIVE,
+    "teacher.pretrain_seed": _COUNT,
+    "views.crop_size": _POSITIVE,
+    "extract.images_per_shard": _POSITIVE,
+    "extract.batch_size": _POSITIVE,
+    "extract.num_actors": _POSITIVE,
+    "extract.min_actors": Bound(0, note="0 = extract.num_actors"),
+    "extract.max_actors": Bound(0, note="0 = extract.num_actors"),
+    "extract.cpus_per_actor": _COUNT,
+    "extract.gpus_per_actor": _COUNT,
+    "extract.max_retries": _COUNT,
+    "train.epochs": _POSITIVE,
+    "train.batch_size": _POSITIVE,
+    "train.lr": Bound(0, lo_open=True),
+    "train.weight_decay": _COUNT,
+    "train.warmup_epochs": _COUNT,
+    "train.mask_ratio": Bound(0, 1, hi_open=True),
+    "train.num_workers": _POSITIVE,
+    "train.cpus_per_worker": _COUNT,
+    "train.checkpoint_every_steps": _POSITIVE,
+    "train.seed": _COUNT,
+    "train.w_multiscale": _WEIGHT,
+    "train.w_matching": _WEIGHT,
+    "train.w_recon": _WEIGHT,
+    "train.w_dense": _WEIGHT,
+    "train.w_patch": _WEIGHT,
+    "train.w_affinity": _WEIGHT,
+    "train.grad_clip": Bound(0, note="0 = no clipping"),
+    "train.max_steps": Bound(0, note="0 = every epoch"),
+    "train.checkpoint_every_minutes": Bound(0, note="0 = off"),
+    "train.checkpoints_to_keep": _POSITIVE,
+    "train.max_failures": Bound(-1, note="-1 = unlimited"),
+    "train.stream_above_mb": _COUNT,
+    "train.shuffle_buffer": _POSITIVE,
+    "train.prefetch_batches": _POSITIVE,
+    "train.log_every_steps": _POSITIVE,
+    "eval.images_per_task": _POSITIVE,
+    "eval.num_cpus_per_task": _COUNT,
+    "eval.gpus_per_task": _COUNT,
+    "eval.dense_input_size": Bound(0, note="0 = the teacher's own input size"),
+    "eval.prob_scale": Bound(0, lo_open=True),
+    "eval.overlays": _COUNT,
+    "ray.num_cpus": Bound(0, note="0 = all cores"),
+}
+# Ranges of the values inside rules of eval.background_rules ("threshold:P", "cosine:C").
+RULE_RANGES = {"threshold": Bound(0, 1), "cosine": Bound(-1, 1)}
+
+
+def _range_problems(cfg: Config) -> list[tuple[str, str]]:
+    problems = []
+    for key, bound in NUMERIC_RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not bound.holds(value):
+            problems.append((key, f"{bound.describe()}, got {value:g}"))
+    return problems
+
+
 def _error_key(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
     return str(key) if key else "?"
@@ -316,31 +417,14 @@ def _check(cfg: Config) -> None:
         problems.append(("views.levels", "must contain 1 (the whole-image view v1)"))
     if max(cfg.views.levels or [1]) > cfg.views.crop_size:
         problems.append(("views.levels", "finest grid is larger than views.crop_size"))
-    if not 0.0 <= cfg.train.mask_ratio < 1.0:
-        problems.append(("train.mask_ratio", "must be in [0, 1)"))
-    for key in (
-        "extract.images_per_shard",
-        "extract.batch_size",
-        "extract.num_actors",
-        "train.batch_size",
-        "train.num_workers",
-        "eval.images_per_task",
-    ):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            problems.append((key, "must be >= 1"))
-    for key in ("extract.min_actors", "extract.max_actors"):
-        if getattr(cfg.extract, key.split(".")[1]) < 0:
-            problems.append((key, "must be >= 0 (0 = extract.num_actors)"))
+    problems.extend(_range_problems(cfg))
+    if len(set(cfg.views.levels)) != len(cfg.views.levels):
+        problems.append(("views.levels", f"lists a level twice: {cfg.views.levels}"))
+    if any(n < 0 for n in cfg.extract.redo_shards):
+        problems.append(("extract.redo_shards", "shard numbers are >= 0"))
     lo, hi = actor_range(cfg.extract)
     if lo > hi:
         problems.append(("extract.min_actors", f"{lo} is above extract.max_actors={hi}"))
-    if cfg.extract.cpus_per_actor < 0 or cfg.extract.gpus_per_actor < 0:
-        problems.append(("extract.cpus_per_actor/gpus_per_actor", "must be >= 0"))
-    if cfg.world.n_generalisation < 0:
-        problems.append(("world.n_generalisation", "must be >= 0 (0 = no generalisation split)"))
-    if cfg.world.generalisation_image_size < 8:
-        problems.append(("world.generalisation_image_size", "must be >= 8"))
     if cfg.train.view_levels and 1 not in cfg.train.view_levels:
         problems.append(("train.view_levels", "must contain 1 (the whole-image view v1)"))
     if set(cfg.train.view_levels) - set(cfg.views.levels):
@@ -355,20 +439,6 @@ def _check(cfg: Config) -> None:
     for key, allowed in choices.items():
         if getattr(cfg.train, key.split(".")[1]) not in allowed:
             problems.append((key, f"must be one of {list(allowed)}"))
-    for key in (
-        "train.checkpoint_every_steps",
-        "train.checkpoints_to_keep",
-        "train.shuffle_buffer",
-        "train.prefetch_batches",
-        "train.log_every_steps",
-    ):
-        if getattr(cfg.train, key.split(".")[1]) < 1:
-            problems.append((key, "must be >= 1"))
-    for key in ("train.checkpoint_every_minutes", "train.stream_above_mb", "train.epochs"):
-        if getattr(cfg.train, key.split(".")[1]) < 0:
-            problems.append((key, "must be >= 0"))
-    if cfg.train.max_failures < -1:
-        problems.append(("train.max_failures", "must be >= -1 (-1 = unlimited)"))
     if cfg.train.multiscale_views not in ("all", "global"):
         problems.append(("train.multiscale_views", "must be 'all' or 'global'"))
     if not cfg.storage.root:
@@ -376,10 +446,13 @@ def _check(cfg: Config) -> None:
     problems.extend(_location_problems(cfg))
     for rule in cfg.eval.background_rules:
         kind, _, value = rule.partition(":")
-        if not (kind == "prompt" and not value) and not (
-            kind in ("threshold", "cosine") and _is_float(value)
-        ):
+        if kind == "prompt" and not value:
+            continue
+        if kind not in RULE_RANGES or not _is_float(value):
             problems.append(("eval.background_rules", f"bad rule {rule!r}"))
+        elif not RULE_RANGES[kind].holds(float(value)):
+            why = f"{kind} {RULE_RANGES[kind].describe()}, got {rule!r}"
+            problems.append(("eval.background_rules", why))
     if not cfg.eval.background_rules:
         problems.append(("eval.background_rules", "must not be empty"))
     problems.extend(_eval_problems(cfg.eval))
@@ -437,6 +510,17 @@ def _student_problems(cfg: Config) -> list[tuple[str, str]]:
         arch = Architecture.from_dict(merged)
     except (KeyError, ValueError, TypeError) as exc:
         return [("student.overrides", str(exc.args[0] if exc.args else exc))]
+    crop, patch = cfg.views.crop_size, arch.patch_size
+    finest = max(cfg.train.view_levels or cfg.views.levels or [1])
+    if crop % patch:
+        why = f"{crop} is not a multiple of the student's patch size {patch}"
+        return [("views.crop_size", why)]
+    if crop // patch < finest:
+        why = (
+            f"{crop} gives the student a {crop // patch}x{crop // patch} patch grid, coarser "
+            f"than the finest {finest}x{finest} grid of views: make it >= {finest * patch}"
+        )
+        return [("views.crop_size", why)]
     if cfg.eval.student_readout == "segments+patches" and not arch.patch_proj:
         why = "'segments+patches' needs a student with patch_proj (e.g. student-tiny-dense)"
         return [("eval.student_readout", why)]
@@ -480,8 +564,6 @@ def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
             problems.append(
                 (f"eval.data_roots.{name}", f"unknown benchmark; known: {benchmark_names()}")
             )
-    if ev.gpus_per_task < 0 or ev.num_cpus_per_task < 0:
-        problems.append(("eval.gpus_per_task/num_cpus_per_task", "must be >= 0"))
     return problems
 
 

@@ -131,6 +131,18 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+class NotAFolder(ValueError):
+    """An output location that already is a file: writing below it cannot work, and writing
+    over it would lose the file."""
+
+
+def check_output_folder(uri: str, what: str = "output") -> None:
+    """Refuse an output folder that is an existing file (``NotAFolder`` naming ``what``)."""
+    fs, path = fs_and_path(uri)
+    if fs.isfile(path):
+        raise NotAFolder(f"{what}={uri} is a file, not a folder: give a folder for the outputs")
+
+
 def makedirs(uri: str) -> None:
     """Create a local folder. Object stores have no folders, and s3fs's makedirs would create a
     missing bucket: a typo in a bucket name must fail, not make a new bucket."""

@@ -180,7 +180,7 @@ def test_failed_shard_is_recorded_shown_and_cleared(
     assert not os.path.exists(os.path.join(stage, "failed", "00001.json"))
     assert main(["status", stage]) == 0
     out = capsys.readouterr().out
-    assert ": complete" in out and "3/3 done, 0 pending, 0 failed" in out
+    assert ": extract, complete" in out and "3/3 done, 0 pending, 0 failed" in out
     assert "not_an_image: 1" in out and "ETA" not in out
 
 

@@ -285,10 +285,40 @@ def test_extract_resume_recomputes_only_missing_shards(demo):
 
 
 def test_status_command(demo, capsys):
-    cfg, _, _ = demo
+    """Every stage folder, and a whole storage.root, from storage alone."""
+    cfg, summary, _ = demo
     assert main(["status", _extract_dir(cfg)]) == 0
     out = capsys.readouterr().out
-    assert "complete" in out and "shards" in out and "too_small: 1" in out
+    assert "extract, complete" in out and "shards" in out and "too_small: 1" in out
+    final = summary["checkpoint"]
+    run = os.path.dirname(final)
+    assert main(["status", run]) == 0
+    out = capsys.readouterr().out
+    steps = json.load(open(os.path.join(final, "config.json")))["steps"]
+    assert f"{run}: train, complete" in out and f"steps   {steps}/{steps}" in out
+    assert "checkpoint at step" in out and f"final   {final}" in out
+    (evaluation,) = [
+        os.path.join(cfg.storage.root, "eval", fp, "shapes")
+        for fp in os.listdir(os.path.join(cfg.storage.root, "eval"))
+        if json.load(open(os.path.join(cfg.storage.root, "eval", fp, "shapes", "config.json")))[
+            "checkpoint"
+        ]
+        == final
+    ]
+    assert main(["status", evaluation]) == 0
+    out = capsys.readouterr().out
+    parts = json.load(open(os.path.join(evaluation, "config.json")))["parts"]
+    assert "eval, complete" in out and f"parts   {parts}/{parts} done, 0 pending" in out
+    assert f"student {summary['student']['miou'] * 100:.1f}%" in out
+    assert main(["status", cfg.storage.root]) == 0  # the whole root: one block per stage
+    out = capsys.readouterr().out
+    assert out.count(": extract, ") >= 1 and out.count(": train, ") >= 1
+    assert out.count(": eval, ") >= 1
+    missing = os.path.join(cfg.storage.root, "no-such-stage")
+    assert main(["status", missing]) == 1
+    assert f"{missing} does not exist" in capsys.readouterr().err
+    assert main(["status", os.path.join(cfg.storage.root, "data")]) == 2
+    assert "is not a stage folder" in capsys.readouterr().err
 
 
 def test_segment_command_any_size_and_mode(demo, tmp_path):

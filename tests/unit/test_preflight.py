@@ -15,3 +15,22 @@ def test_unwritable_root_and_missing_inputs_are_named(tmp_path):
         preflight(cfg, "extract")
     preflight(cfg, "run")  # run generates the world itself
     assert not list((tmp_path / "out").glob(".zeroseg-probe-*"))
+
+
+def test_an_output_folder_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
+    from pipeline.cli import main
+
+    existing = tmp_path / "notes.txt"
+    existing.write_text("keep me")
+    cfg = load_config(None, [f"storage.root={existing}"])
+    with pytest.raises(PreflightError, match=f"storage.root={existing} is a file, not a folder"):
+        preflight(cfg, "run")
+    for argv in (
+        ["data", "shapes", "--out", str(existing), "--n", "2"],
+        ["teacher-pretrain", "--out", str(existing)],
+        ["extract", "--config", "jobs/demo.yaml", f"storage.root={existing}"],
+    ):
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert f"={existing} is a file, not a folder" in err, err
+    assert existing.read_text() == "keep me"

@@ -146,3 +146,68 @@ def test_wrapped_errors_are_judged_by_their_cause():
 
     assert is_transient(ray.exceptions.WorkerCrashedError())
     assert is_transient(ray.exceptions.ActorDiedError())
+
+
+HOLD_LEASE = """
+import sys, time
+from pipeline.lease import Lease
+with Lease(sys.argv[1], "squares", log=lambda *_: None):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def _lease_record(host: str, age_s: float, pid: int = 1) -> dict:
+    import time
+
+    return {"owner": "someone", "host": host, "pid": pid, "heartbeat_unix": time.time() - age_s}
+
+
+def test_a_live_run_keeps_the_folder_and_a_dead_one_hands_it_over(tmp_path):
+    """Another process holds the lease (heartbeating): refused, nothing written; once that
+    process is killed, the next run takes over at once (same host, its pid is gone)."""
+    import subprocess
+    import sys
+
+    from pipeline.lease import LEASE, StageBusy
+
+    uri = str(tmp_path / "s")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LEASE, uri], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        stage = Squares(uri, 3)
+        busy = f"another run is writing {uri}: host .*pid {holder.pid}"
+        with pytest.raises(StageBusy, match=busy):
+            run_stage(stage, lambda *_: None)
+        assert stage.ran == [] and not os.path.exists(os.path.join(uri, "out"))
+    finally:
+        holder.kill()
+        holder.wait()
+    logs: list[str] = []
+    assert run_stage(Squares(uri, 3), logs.append) == 5
+    assert any("taking over the lease" in line and "has exited" in line for line in logs), logs
+    assert not os.path.exists(os.path.join(uri, LEASE))  # released at the end
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_lease_without_heartbeat_is_taken_over_a_fresh_one_is_not(where, tmp_path, request):
+    from pipeline.lease import LEASE, StageBusy
+
+    if where == "s3":
+        import s3fs
+
+        request.getfixturevalue("s3_server")
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir("zeroseg-lease")
+        uri = f"s3://zeroseg-lease/{tmp_path.name}/s"
+    else:
+        uri = str(tmp_path / "s")
+    storage.write_json(storage.join(uri, LEASE), _lease_record("another-host", age_s=5))
+    with pytest.raises(StageBusy, match=r"host another-host, pid 1, last heartbeat [5-9] s ago"):
+        run_stage(Squares(uri, 2), lambda *_: None)
+    storage.write_json(storage.join(uri, LEASE), _lease_record("another-host", age_s=120))
+    logs: list[str] = []
+    assert run_stage(Squares(uri, 2), logs.append) == 1
+    assert any("taking over" in line and "no heartbeat for 120 s" in line for line in logs), logs
+    assert not storage.exists(storage.join(uri, LEASE))
