@@ -84,6 +84,34 @@ def create_arrays(cache_uri: str, layout: CacheLayout, overwrite: bool = False) 
     root.attrs["cache_version"] = CACHE_VERSION
 
 
+ARRAYS = ("embeddings", "pixels", "valid")
+
+
+def shard_keys(layout: CacheLayout, shard: int) -> dict[str, str]:
+    """The storage key, inside the zarr group, of each array's object for one shard."""
+    ndim = {"embeddings": 3, "pixels": 4, "valid": 1}
+    return {
+        name: f"{name}/c/" + "/".join([str(shard)] + ["0"] * (ndim[name] - 1)) for name in ARRAYS
+    }
+
+
+def object_records(group_uri: str, keys: list[str]) -> dict[str, dict[str, Any] | None]:
+    """Size and sha256 of each object as stored (None: absent, as zarr leaves a shard whose
+    values are all the fill value)."""
+    import hashlib
+
+    out: dict[str, dict[str, Any] | None] = {}
+    for key in keys:
+        uri = storage.join(group_uri, key)
+        try:
+            data = storage.read_bytes(uri)
+        except FileNotFoundError:
+            out[key] = None
+            continue
+        out[key] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return out
+
+
 def write_shard(
     cache_uri: str,
     layout: CacheLayout,
@@ -91,8 +119,9 @@ def write_shard(
     embeddings: np.ndarray,
     pixels: np.ndarray,
     valid: np.ndarray,
-) -> None:
-    """Write one extraction shard: whole zarr shards, one writer."""
+) -> dict[str, dict[str, Any] | None]:
+    """Write one extraction shard: whole zarr shards, one writer. Returns the objects as they
+    landed on storage (read back: what a later check compares with)."""
     import zarr
 
     start, stop = layout.shard_rows(shard)
@@ -103,6 +132,7 @@ def write_shard(
     root["embeddings"][start:stop] = embeddings.astype(np.float16)
     root["pixels"][start:stop] = pixels.astype(np.uint8)
     root["valid"][start:stop] = valid.astype(np.uint8)
+    return object_records(cache_uri, list(shard_keys(layout, shard).values()))
 
 
 class CacheReader:

@@ -288,11 +288,21 @@ def build_parser() -> argparse.ArgumentParser:
             "examples:\n"
             "  zeroseg status runs/demo                        # every stage of the demo\n"
             "  zeroseg status runs/demo/extract/<fingerprint>\n"
-            "  zeroseg status s3://bucket/zs/train/<run>"
+            "  zeroseg status s3://bucket/zs/train/<run>\n"
+            "  zeroseg status runs/demo/extract/<fingerprint> --verify full   # read every object"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("stage_dir", help="a stage folder or a storage.root (any fsspec URL)")
+    p.add_argument(
+        "--verify",
+        nargs="?",
+        const="sizes",
+        choices=("sizes", "full"),
+        help="check every stored object of a cache against what was written: 'sizes' (the "
+        "default: presence and sizes, one listing) or 'full' (also reads every object and "
+        "compares checksums); exit code 1 when something is damaged",
+    )
 
     p = sub.add_parser("data", help="generate datasets")
     dsub = p.add_subparsers(dest="data_command", metavar="dataset")
@@ -438,7 +448,7 @@ def _dispatch(args, parser) -> int:
     if cmd == "status":
         from .status import print_status
 
-        return print_status(args.stage_dir)
+        return print_status(args.stage_dir, verify=args.verify)
     if cmd == "segment":
         from .segment import segment_images
 

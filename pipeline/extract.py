@@ -373,7 +373,7 @@ class ShardExtractor:
         the forward loop's time on the shard since the previous one ended; the shard's total
         adds the write, which overlaps the next shard's forward."""
         t = time.perf_counter()
-        write_shard(
+        objects = write_shard(
             self.stage.path(ZARR_NAME),
             self.layout,
             work.shard,
@@ -397,6 +397,8 @@ class ShardExtractor:
                 "skipped": int(n - work.valid.sum()),
                 "skip_reasons": skipped,
                 "index": work.rows,
+                # the shard's zarr objects as written (size, sha256): what verification checks
+                "objects": objects,
                 # read and crop run in the reader thread, overlapping infer; wait is the time
                 # the forward loop sat idle waiting for views of this shard.
                 "seconds": {
@@ -517,6 +519,19 @@ class ExtractStage(Stage):
     def redo(self) -> list[int]:
         return list(self.cfg.extract.redo_shards)
 
+    def damaged(self) -> tuple[dict[int, str], list[str]]:
+        from .cache_verify import verify_cache
+        from .runner import SUCCESS
+
+        if not storage.exists(self.dir.path("plan.json")):
+            return {}, []
+        verdict = verify_cache(self.dir.uri, self.cfg.extract.verify)
+        marked = {s: w for s, w in verdict.shards.items() if w != "its marker is missing"}
+        broken = [p for p in verdict.stage if not p.startswith(SUCCESS)]
+        if self.dir.succeeded() and len(marked) < len(verdict.shards):
+            broken.append("a finished shard lost its marker")
+        return marked, broken
+
     def check(self) -> None:
         import ray
 
@@ -587,6 +602,7 @@ class ExtractStage(Stage):
     def run_units(self, pending: list[int]) -> dict[int, UnitFailure]:
         cfg = self.cfg
         assert self.layout is not None
+        self.ran = getattr(self, "ran", set()) | set(pending)
         ctor = {
             "stage": self.dir.uri,
             "teacher": self.teacher,
@@ -603,8 +619,10 @@ class ExtractStage(Stage):
 
     def finalize(self, seconds: float) -> None:
         assert self.layout is not None
+        layout = self.layout
+        ran = sum(b - a for a, b in map(layout.shard_rows, getattr(self, "ran", set())))
         finalize_extract(
-            self.dir, self.layout, self.teacher_meta, self.cfg, self.fp, seconds, self.log
+            self.dir, layout, self.teacher_meta, self.cfg, self.fp, seconds, self.log, ran
         )
 
     def result(self) -> str:
@@ -629,6 +647,7 @@ def finalize_extract(
     fp: str,
     elapsed: float,
     log,
+    images_this_run: int | None = None,
 ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -673,6 +692,7 @@ def finalize_extract(
             per_shard.append(
                 {
                     "shard": m["shard"],
+                    "objects": m.get("objects"),
                     "images": m["rows"][1] - m["rows"][0],
                     "ok": m["ok"],
                     "skipped": m["skipped"],
@@ -683,6 +703,8 @@ def finalize_extract(
                 }
             )
     ok = sum(m["ok"] for m in per_shard)
+    from .cache_verify import index_record, marker_records
+
     manifest = {
         "stage": "extract",
         "version": CACHE_VERSION,
@@ -702,14 +724,18 @@ def finalize_extract(
         "shard_seconds": {k: round(v, 3) for k, v in seconds.items()},
         # One entry per shard, so a user sees where time went without opening every marker.
         "shards": per_shard,
+        # what `zeroseg status --verify` and every training run check the stored objects against
+        "markers": marker_records(stage, layout.num_shards),
+        "index": index_record(stage),
         "wall_seconds_last_run": round(elapsed, 3),
         "code": code_version(),
         "packages": package_versions(),
         "created_at": now(),
     }
     storage.write_json(stage.path("manifest.json"), manifest)
-    rate = ok / elapsed if elapsed > 0 else float("nan")
+    ran = layout.num_images if images_this_run is None else images_this_run
+    rate = f"{ran / elapsed:.1f} img/s" if elapsed > 0 and ran else "no images"
     log(
         f"[extract] done: {ok} images ok, {layout.num_images - ok} skipped {reasons or ''}; "
-        f"{rate:.1f} img/s this run; per-shard seconds {manifest['shard_seconds']}"
+        f"{rate} this run ({ran} images); per-shard seconds {manifest['shard_seconds']}"
     )

@@ -139,6 +139,14 @@ class StageDir:
     def clear(self) -> None:
         storage.remove(self.uri)
 
+    def clear_success(self) -> None:
+        if storage.exists(self.path(SUCCESS)):
+            storage.remove(self.path(SUCCESS), recursive=False)
+
+    def remove_marker(self, unit: int) -> None:
+        if storage.exists(self.marker_uri(unit)):
+            storage.remove(self.marker_uri(unit), recursive=False)
+
 
 def pending_units(
     all_units: list[int], done: set[int], mode: str = "resume", redo: list[int] | None = None
@@ -258,6 +266,12 @@ class Stage:
         """Finished units to compute again on request."""
         return []
 
+    def damaged(self) -> tuple[dict[int, str], list[str]]:
+        """What a cheap check of the stored outputs found: finished units whose outputs are not
+        as written (unit -> why), and stage-level problems that need the stage finalized
+        again. Both make a finished stage incomplete."""
+        return {}, []
+
     def overwrite(self) -> bool:
         """Start from an empty folder, discarding finished units."""
         return False
@@ -284,15 +298,27 @@ def run_stage(stage: Stage, log: Callable[[str], None] = print) -> Any:
     """Drive ``stage`` through the protocol; returns ``stage.result()``."""
     out = stage.locate()
     overwrite, redo = stage.overwrite(), stage.redo()
-    if not overwrite and not redo and out.succeeded():
+    damaged, broken = ({}, []) if overwrite else stage.damaged()
+    intact = not damaged and not broken
+    if not overwrite and not redo and intact and out.succeeded():
         log(f"[{stage.name}] {stage.skip_message}: {out.uri}")
         return stage.result()
     from .lease import Lease
 
     with Lease(out.uri, stage.name, log) as lease:
-        if not overwrite and not redo and out.succeeded():  # finished by the run before ours
+        if not overwrite and not redo and intact and out.succeeded():  # the run before ours
             log(f"[{stage.name}] {stage.skip_message}: {out.uri}")
             return stage.result()
+        if not intact:
+            found = [f"{stage.unit_name} {u}: {why}" for u, why in sorted(damaged.items())]
+            log(
+                f"[{stage.name}] the stored outputs are not as written "
+                f"({'; '.join(found + broken)}): recomputing {len(damaged)} "
+                f"{stage.unit_name}(s) and finalizing again"
+            )
+            out.clear_success()
+            for unit in damaged:
+                out.remove_marker(unit)
         _run_pending(stage, out, overwrite, redo, lease, log)
     return stage.result()
 

@@ -38,7 +38,7 @@ def stage_status(stage_dir: str, now_unix: float | None = None) -> dict[str, Any
     for m in markers:
         for k, v in m["skip_reasons"].items():
             reasons[k] = reasons.get(k, 0) + v
-    complete = stage.succeeded()
+    complete = stage.succeeded() and len(done) == total  # a lost marker: not complete
     run = storage.read_json(stage.path(RUN_INFO)) if storage.exists(stage.path(RUN_INFO)) else {}
     rate = None
     if run:
@@ -190,7 +190,7 @@ def stage_folders(root: str) -> list[tuple[str, str]]:
     return out
 
 
-def print_status(stage_dir: str) -> int:
+def print_status(stage_dir: str, verify: str | None = None) -> int:
     """Human-readable status of a stage folder or of every stage below a ``storage.root``;
     exit code 1 when units are recorded as failed, 2 for a folder that holds no stage."""
     kind = folder_kind(stage_dir)
@@ -199,7 +199,7 @@ def print_status(stage_dir: str) -> int:
         if not folders:
             print(f"{stage_dir}: no stage folders yet")
             return 0
-        codes = [_print_one(k, uri) for k, uri in folders]
+        codes = [_print_one(k, uri, verify) for k, uri in folders]
         return max(codes)
     if kind == "unknown":
         print(
@@ -208,16 +208,40 @@ def print_status(stage_dir: str) -> int:
             file=sys.stderr,
         )
         return 2
-    return _print_one(kind, stage_dir)
+    return _print_one(kind, stage_dir, verify)
 
 
-def _print_one(kind: str, uri: str) -> int:
+def _print_verdict(uri: str, mode: str) -> int:
+    from .cache_verify import verify_cache
+
+    verdict = verify_cache(uri, mode)
+    what = "checksums" if mode == "full" else "presence and sizes"
+    if verdict.unverifiable:
+        print("  verify  not possible: the cache was made before caches recorded their objects")
+        return 0
+    if verdict.ok:
+        print(f"  verify  ok: {verdict.checked_objects} objects ({what})")
+        return 0
+    for shard, why in sorted(verdict.shards.items()):
+        print(f"  damaged shard {shard}: {why}")
+    for problem in verdict.stage:
+        print(f"  damaged {problem}")
+    print(
+        "  repair  rerun the extract stage with the same config: it recomputes the damaged "
+        "shards and finalizes the cache again"
+    )
+    return 1
+
+
+def _print_one(kind: str, uri: str, verify: str | None = None) -> int:
     if kind == "train":
         code = _print_train(train_status(uri))
     elif kind == "eval":
         code = _print_eval(eval_status(uri))
     else:
         code = _print_extract(uri)
+        if verify:
+            code = max(code, _print_verdict(uri, verify))
     line = lease_line(uri)
     if line:
         print(f"  writer  {line}")

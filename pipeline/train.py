@@ -488,6 +488,9 @@ class TrainStage(Stage):
     def check(self) -> None:
         import ray
 
+        from .cache_verify import require_intact
+
+        require_intact(self.cache_uri)  # never train on rows a lost object would read as zeros
         local = not (self.cfg.ray.address or os.environ.get("RAY_ADDRESS"))
         check_worker_resources(self.cfg, ray.cluster_resources(), local, self.log)
 

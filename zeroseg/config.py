@@ -137,6 +137,9 @@ class ExtractConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16
     max_retries: int = 2
     mode: str = "resume"  # resume | overwrite
+    # How a rerun checks the finished shards before trusting them: "sizes" (every object present
+    # with its size: one listing) or "full" (also every checksum: reads the whole cache).
+    verify: str = "sizes"
     redo_shards: list[int] = field(default_factory=list)
 
 
@@ -409,6 +412,8 @@ def _check(cfg: Config) -> None:
         problems.append(("extract.device", "must be 'auto', 'cpu' or 'cuda'"))
     if cfg.extract.device == "cuda" and not cfg.extract.gpus_per_actor > 0:
         problems.append(("extract.device", "'cuda' needs extract.gpus_per_actor > 0"))
+    if cfg.extract.verify not in ("sizes", "full"):
+        problems.append(("extract.verify", "must be 'sizes' or 'full'"))
     if cfg.extract.precision not in ("fp32", "bf16", "fp16"):
         problems.append(("extract.precision", "must be 'fp32', 'bf16' or 'fp16'"))
     if not cfg.views.levels or any(n < 1 for n in cfg.views.levels):

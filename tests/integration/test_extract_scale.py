@@ -4,6 +4,7 @@ a shard that keeps failing is recorded with its traceback and shown by `zeroseg 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import io
 import json
@@ -182,6 +183,48 @@ def test_failed_shard_is_recorded_shown_and_cleared(
     out = capsys.readouterr().out
     assert ": extract, complete" in out and "3/3 done, 0 pending, 0 failed" in out
     assert "not_an_image: 1" in out and "ETA" not in out
+    _damage_then_repair(cfg, teacher, stage, capsys)
+
+
+def _damage_then_repair(cfg, teacher, stage: str, capsys) -> None:
+    """A finished cache loses a zarr shard's tail, a marker and the index's contents: status
+    --verify names them, training refuses before Ray Train, a rerun recomputes the two shards
+    and rewrites the index, to the same bytes as before."""
+    from pipeline.cache_verify import CacheDamaged, verify_cache
+    from pipeline.train import run_train
+
+    before, index = _arrays(stage), open(os.path.join(stage, "index.parquet"), "rb").read()
+    chunk = os.path.join(stage, "cache.zarr", "embeddings", "c", "0", "0", "0")
+    data = open(chunk, "rb").read()
+    open(chunk, "wb").write(data[: len(data) // 2])
+    os.remove(os.path.join(stage, "shards", "00002.json"))
+    open(os.path.join(stage, "index.parquet"), "wb").write(bytes(b ^ 1 for b in index))
+    assert main(["status", stage, "--verify"]) == 1
+    out = capsys.readouterr().out
+    assert "damaged shard 0: embeddings/c/0/0/0 has" in out
+    assert "damaged shard 2: its marker is missing" in out and "index.parquet" not in out
+    assert "repair  rerun the extract stage" in out
+    assert main(["status", stage, "--verify", "full"]) == 1
+    assert "damaged index.parquet has other contents" in capsys.readouterr().out
+    with pytest.raises(CacheDamaged, match="shard 0: embeddings/c/0/0/0 has .*Rerun the extract"):
+        run_train(cfg, stage, **QUIET)
+    logs: list[str] = []
+    full = dataclasses.replace(cfg, extract=dataclasses.replace(cfg.extract, verify="full"))
+    run_extract(full, teacher=teacher, log=logs.append)
+    assert any("recomputing 1 shard(s) and finalizing again" in line for line in logs), logs
+    assert any("(1 done, 2 to run)" in line for line in logs), logs
+    after = _arrays(stage)
+    for key in before:
+        assert np.array_equal(before[key], after[key]), key
+    assert open(os.path.join(stage, "index.parquet"), "rb").read() == index
+    assert verify_cache(stage, "full").ok
+    # the manifest and _SUCCESS lost: finalized again, no shard recomputed
+    os.remove(os.path.join(stage, "manifest.json"))
+    os.remove(os.path.join(stage, "_SUCCESS"))
+    logs.clear()
+    run_extract(cfg, teacher=teacher, log=logs.append)
+    assert any("(3 done, 0 to run)" in line for line in logs), logs
+    assert verify_cache(stage, "full").ok and main(["status", stage, "--verify"]) == 0
 
 
 def test_a_failing_shard_does_not_stop_the_others_of_its_call(tmp_path, images):
