@@ -128,11 +128,18 @@ def write_shard(
     n = stop - start
     if embeddings.shape[0] != n or pixels.shape[0] != n or valid.shape[0] != n:
         raise ValueError(f"shard {shard} expects {n} rows")
+    keys = list(shard_keys(layout, shard).values())
+    # zarr merges a write into an existing shard object, so one left by an earlier attempt (half
+    # written by a killed run, or damaged) would be read first; this shard's writer owns them
+    for key in keys:
+        fs, path = storage.fs_and_path(storage.join(cache_uri, key))
+        if fs.isfile(path):
+            fs.rm(path)
     root = zarr.open_group(storage.zarr_store(cache_uri), mode="r+")
     root["embeddings"][start:stop] = embeddings.astype(np.float16)
     root["pixels"][start:stop] = pixels.astype(np.uint8)
     root["valid"][start:stop] = valid.astype(np.uint8)
-    return object_records(cache_uri, list(shard_keys(layout, shard).values()))
+    return object_records(cache_uri, keys)
 
 
 class CacheReader:

@@ -83,6 +83,7 @@ class StageDir:
 
     def done_units(self) -> set[int]:
         fs, path = storage.fs_and_path(self.path(self.marker_dir))
+        fs.invalidate_cache(path)  # markers come and go from other processes (and this one)
         if not fs.exists(path):
             return set()
         done = set()

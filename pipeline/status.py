@@ -166,7 +166,7 @@ def folder_kind(uri: str) -> str:
         stage = storage.read_json(storage.join(uri, RUN_RECORD)).get("stage")
         if stage in ("train", "eval"):
             return stage
-    if any(storage.exists(storage.join(uri, s)) for s in ("extract", "train", "eval")):
+    if stage_folders(uri):
         return "root"
     return "unknown"
 
@@ -196,15 +196,13 @@ def print_status(stage_dir: str, verify: str | None = None) -> int:
     kind = folder_kind(stage_dir)
     if kind == "root":
         folders = stage_folders(stage_dir)
-        if not folders:
-            print(f"{stage_dir}: no stage folders yet")
-            return 0
         codes = [_print_one(k, uri, verify) for k, uri in folders]
         return max(codes)
     if kind == "unknown":
         print(
-            f"zeroseg status: {stage_dir} is not a stage folder: expected an extract folder "
-            "(plan.json), a train run or eval folder (config.json), or a storage.root",
+            f"zeroseg status: {stage_dir} is not a stage folder and holds none: expected an "
+            "extract folder (plan.json), a train run or eval folder (config.json), or a "
+            "storage.root with some of them",
             file=sys.stderr,
         )
         return 2

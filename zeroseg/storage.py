@@ -123,7 +123,12 @@ def join(uri: str, *parts: str) -> str:
 
 
 def fs_and_path(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    return url_to_fs(normalize(uri))
+    """The filesystem and path of ``uri``. Object stores get no listings cache: markers and
+    shard objects come and go from other processes, and a cached listing would make an object
+    written since look missing (s3fs answers from it without asking the server)."""
+    if is_local(uri):
+        return url_to_fs(normalize(uri))
+    return url_to_fs(normalize(uri), use_listings_cache=False)
 
 
 def exists(uri: str) -> bool:
