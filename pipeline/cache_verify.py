@@ -107,9 +107,13 @@ def verify_cache(stage_uri: str, mode: str = "sizes") -> Verdict:
     full = mode == "full"
     stage = StageDir(stage_uri)
     verdict = Verdict()
-    plan = storage.read_json(stage.path("plan.json"))
-    num_shards = int(plan["num_shards"])
     files = _listing(stage.uri)
+    if "plan.json" in files:
+        num_shards = int(storage.read_json(stage.path("plan.json"))["num_shards"])
+    elif "manifest.json" in files:  # written by other code than the extract stage
+        num_shards = int(storage.read_json(stage.path("manifest.json"))["num_shards"])
+    else:
+        return Verdict(unverifiable=True)
     markers = stage.marker_dir + "/"
     for s in range(num_shards):
         if f"{markers}{s:05d}.json" not in files:
@@ -126,6 +130,9 @@ def verify_cache(stage_uri: str, mode: str = "sizes") -> Verdict:
     if manifest is None:
         if "manifest.json" not in files and SUCCESS in files:
             verdict.stage.append("manifest.json is missing")
+        # the markers still know their shards' objects: check those, so one rerun repairs all
+        entries = _entries_from_markers(stage, num_shards, verdict)
+        _check_objects(stage, entries, files, full, verdict)
         return verdict
     if "markers" not in manifest:  # a cache from before objects were recorded
         verdict.unverifiable = True
@@ -144,10 +151,37 @@ def verify_cache(stage_uri: str, mode: str = "sizes") -> Verdict:
         if why:
             verdict.stage.append(why)
         verdict.checked_objects += 1
+    _check_objects(stage, manifest["shards"], files, full, verdict)
+    return verdict
+
+
+def _entries_from_markers(stage: StageDir, num_shards: int, verdict: Verdict) -> list[dict]:
+    """Per-shard object records read from the markers themselves (no usable manifest)."""
+    entries = []
+    for s in range(num_shards):
+        if s in verdict.shards:
+            continue
+        try:
+            marker = stage.read_marker(s)
+        except ValueError:
+            verdict.shards[s] = "its marker does not parse"
+            continue
+        except FileNotFoundError:
+            verdict.shards[s] = "its marker is missing"
+            continue
+        entries.append({"shard": s, "objects": marker.get("objects")})
+    if entries and not any(e["objects"] for e in entries):
+        verdict.unverifiable = True
+    return entries
+
+
+def _check_objects(
+    stage: StageDir, entries: list[dict], files: dict[str, int], full: bool, verdict: Verdict
+) -> None:
     group = f"{ZARR_NAME}/"
     group_uri = stage.path(ZARR_NAME)
     sizes = {k[len(group) :]: v for k, v in files.items() if k.startswith(group)}
-    for entry in manifest["shards"]:
+    for entry in entries:
         s = int(entry["shard"])
         if s in verdict.shards or not entry.get("objects"):
             continue
@@ -157,7 +191,6 @@ def verify_cache(stage_uri: str, mode: str = "sizes") -> Verdict:
                 verdict.shards[s] = why
                 break
         verdict.checked_objects += len(entry["objects"])
-    return verdict
 
 
 class CacheDamaged(RuntimeError):

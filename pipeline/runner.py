@@ -306,6 +306,7 @@ def run_stage(stage: Stage, log: Callable[[str], None] = print) -> Any:
         return stage.result()
     from .lease import Lease
 
+    stage.check()  # resources, upstream: before the lease, so a refusal writes nothing
     with Lease(out.uri, stage.name, log) as lease:
         if not overwrite and not redo and intact and out.succeeded():  # the run before ours
             log(f"[{stage.name}] {stage.skip_message}: {out.uri}")
@@ -325,7 +326,6 @@ def run_stage(stage: Stage, log: Callable[[str], None] = print) -> Any:
 
 
 def _run_pending(stage: Stage, out: StageDir, overwrite: bool, redo: list[int], lease, log) -> None:
-    stage.check()
     if overwrite:
         out.clear()
         lease.renew()

@@ -42,14 +42,32 @@ def test_pipeline_on_s3(ray_local, s3_server, teacher_cache):
     from pipeline.cli import main
     from pipeline.run import run_stages
 
+    # Every kind of object damaged at once on the server: a zarr shard object lost, a marker
+    # lost, the index truncated, the manifest overwritten: status --verify names them, one
+    # rerun recomputes the two shards and finalizes again, to the same bytes
     lost = f"{extract}/cache.zarr/pixels/c/1/0/0/0"
-    data = fs.cat_file(lost)
+    kept = {
+        name: fs.cat_file(f"{extract}/{name}")
+        for name in ("cache.zarr/pixels/c/1/0/0/0", "cache.zarr/embeddings/c/2/0/0")
+    }
     fs.rm(lost)
+    fs.rm(f"{extract}/shards/00002.json")
+    index = fs.cat_file(f"{extract}/index.parquet")
+    fs.pipe_file(f"{extract}/index.parquet", index[: len(index) // 2])
+    fs.pipe_file(f"{extract}/manifest.json", b"{ not json")
     assert main(["status", f"s3://{extract}", "--verify"]) == 1
     logs.clear()
     run_stages(cfg, ["extract"], logs.append, world=True)
-    assert any("shard 1: pixels/c/1/0/0/0 is missing" in line for line in logs), logs
-    assert fs.cat_file(lost) == data
+    assert any("manifest.json does not parse" in line for line in logs), logs
+    assert any("(1 done, 2 to run)" in line for line in logs), logs
+    for name, data in kept.items():
+        assert fs.cat_file(f"{extract}/{name}") == data, name
+    assert fs.cat_file(f"{extract}/index.parquet") == index
+    assert main(["status", f"s3://{extract}", "--verify", "full"]) == 0
+    fs.rm(f"{extract}/_SUCCESS")  # lost last: finalized again, nothing recomputed
+    logs.clear()
+    run_stages(cfg, ["extract"], logs.append, world=True)
+    assert any("(3 done, 0 to run)" in line for line in logs), logs
     assert main(["status", f"s3://{extract}", "--verify", "full"]) == 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -297,13 +298,9 @@ def test_status_command(demo, capsys):
     steps = json.load(open(os.path.join(final, "config.json")))["steps"]
     assert f"{run}: train, complete" in out and f"steps   {steps}/{steps}" in out
     assert "checkpoint at step" in out and f"final   {final}" in out
+    records = glob.glob(os.path.join(cfg.storage.root, "eval", "*", "shapes", "config.json"))
     (evaluation,) = [
-        os.path.join(cfg.storage.root, "eval", fp, "shapes")
-        for fp in os.listdir(os.path.join(cfg.storage.root, "eval"))
-        if json.load(open(os.path.join(cfg.storage.root, "eval", fp, "shapes", "config.json")))[
-            "checkpoint"
-        ]
-        == final
+        os.path.dirname(r) for r in records if json.load(open(r))["checkpoint"] == final
     ]
     assert main(["status", evaluation]) == 0
     out = capsys.readouterr().out

@@ -156,3 +156,16 @@ def test_a_shard_of_fill_values_is_recorded_absent(tmp_path):
         np.zeros(4, np.uint8),
     )
     assert objects == dict.fromkeys(shard_keys(LAYOUT, 0).values())
+
+
+def test_without_a_manifest_the_markers_still_check_their_objects(tmp_path):
+    """A lost manifest does not hide a lost zarr object: the markers know their own shards, so
+    one rerun finds (and repairs) both."""
+    stage = build_cache(str(tmp_path / "extract" / "fp"))
+    _damage(stage.path("manifest.json"), "corrupt")
+    _damage(_where("chunk", stage), "delete")
+    _damage(stage.marker_uri(2), "truncate")
+    text = verify_cache(stage.uri, "sizes").describe()
+    assert "manifest.json does not parse" in text
+    assert "shard 1: embeddings/c/1/0/0 is missing" in text
+    assert "shard 2: its marker does not parse" in text

@@ -57,7 +57,7 @@ def test_cli_overrides_size_and_place_the_pool():
     [
         ("extract.min_actors=5", None),  # min above num_actors=1: max follows min
         ("extract.max_actors=-1", "extract.max_actors"),
-        ("extract.gpus_per_actor=-1", "extract.cpus_per_actor/gpus_per_actor"),
+        ("extract.gpus_per_actor=-1", "extract.gpus_per_actor"),
         ("extract.max_actors=many", "extract.max_actors"),
         ("extract.precision=int8", "extract.precision"),
         ("extract.device=tpu", "extract.device"),
