@@ -7,8 +7,14 @@
   random-weight tiny student with the toy CLIP teacher (speed does not depend on the weights).
   A warm-up evaluation first starts Ray's worker processes, so neither side pays for that.
 
+- ``method_seconds``: seconds per image of each method (the student and every training-free
+  read-out) at the same input size, one line per method and teacher: the SCLIP family's
+  protocol (short side 336, windows 224 / stride 112) on a 336 x 448 image, with random-weight
+  open_clip ViT-B/16 (and ViT-L/14 with ``--large``; both on a GPU when torch sees one) and a
+  random ``student-small`` beside it; ``value`` is the method's time over the student's.
+
 Prints one JSON line per measure: {"bench", "measure", "value", "goal", "unit", ...}.
-Usage: python bench/eval.py [--images 16] [--repeats 2]
+Usage: python bench/eval.py [--images 16] [--repeats 2] [--methods-only] [--large]
 """
 
 from __future__ import annotations
@@ -48,10 +54,62 @@ def timed_eval(tmp: str, tag: str, final: str, data: str, per_task: int) -> floa
     return time.perf_counter() - t0
 
 
+def method_seconds(teacher_name: str, repeats: int, machine: str) -> None:
+    """Per-image seconds of each method at the SCLIP family's sizes, the student's as baseline."""
+    import numpy as np
+    import torch
+
+    from zeroseg.models import build_student
+    from zeroseg.predict import BASELINES
+    from zeroseg.segmenter import Segmenter, resolve_device
+    from zeroseg.teacher import Teacher
+
+    device = resolve_device("auto")
+    torch.manual_seed(0)
+    teacher = Teacher(teacher_name, device=device)
+    student = build_student("student-small", embed_dim=teacher.embed_dim).to(device).eval()
+    seg = Segmenter(
+        "student", teacher, student, size=336, window=224, stride=112, teacher_windows=True
+    )
+    image = (np.random.default_rng(0).random((336, 448, 3)) * 255).astype(np.uint8)
+    text, _ = seg.text_embeddings(["cat", "dog", "sofa", "person", "car"])
+
+    def per_image(method: str) -> float:
+        seg.cosines(image, text, method=method)  # warm-up
+        times = []
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            seg.cosines(image, text, method=method)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    base = per_image("student")
+    for method in ("student", *(m for m in BASELINES if m != "all_background")):
+        t = base if method == "student" else per_image(method)
+        emit(
+            "method_seconds",
+            t / base,
+            None,
+            "x student",
+            method=method,
+            seconds_per_image=round(t, 4),
+            teacher=teacher_name,
+            image="336x448, short side 336, windows 224 / stride 112",
+            device=device,
+            machine=machine,
+        )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=16)
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--methods-only", action="store_true", help="only the per-method timings")
+    p.add_argument("--large", action="store_true", help="also time ViT-L/14 (slow on a CPU)")
     args = p.parse_args()
 
     import ray
@@ -60,7 +118,12 @@ def main() -> None:
     from tests.eval_fixtures import write_random_checkpoint, write_voc
 
     cpus = os.cpu_count() or 1
-    machine = f"{platform.machine()} {cpus} cores, no GPU, torch {torch.__version__}"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    machine = f"{platform.machine()} {cpus} cores, {gpu}, torch {torch.__version__}"
+    for name in ("ViT-B-16", *(["ViT-L-14"] if args.large else [])):
+        method_seconds(name, args.repeats, machine)
+    if args.methods_only:
+        return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     ray.init(num_cpus=2, logging_level="WARNING", include_dashboard=False)
     with tempfile.TemporaryDirectory() as tmp:

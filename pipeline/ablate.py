@@ -88,6 +88,14 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {name} | {over} | {r['miou'] * 100:.1f}% | {r['samples_per_s']:.0f} | "
             f"{r['train_s']:.0f} |"
         )
+    from zeroseg.config import BASELINE_METHODS
+
+    baselines = result.get("baselines") or {}
+    for name in sorted(baselines, key=lambda m: BASELINE_METHODS.index(m)):
+        # the same benchmark and protocol, the teacher alone: what training has to beat
+        lines.append(
+            f"| {name} | teacher only, no training | {baselines[name] * 100:.1f}% | — | — |"
+        )
     order = result.get("paper_order")
     if order is not None:
         verdict = "holds" if order["holds"] else "does not hold"

@@ -9,7 +9,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from zeroseg.config import STUDENT_READOUTS, ConfigError, load_config
+from zeroseg.config import BASELINE_METHODS, STUDENT_READOUTS, ConfigError, load_config
 
 EPILOG = """\
 examples:
@@ -22,6 +22,8 @@ examples:
   zeroseg submit extract --address http://HEAD:8265 --config jobs/extract_in1k_vitl14.yaml --wait
   zeroseg jobs list --address http://HEAD:8265
   zeroseg segment photo.png --classes "circle,star" --checkpoint <final dir> -o out/
+  zeroseg segment photos/ --classes "cat,sofa" --method naclip --teacher ViT-B-16 \
+      --pretrained weights/ViT-B-16.bin -o out/           # training-free, no student
 
 Settings are `section.key=value` overrides applied after the YAML file (see
 docs/configuration.md); unknown keys and wrong types are reported before any work starts.
@@ -331,7 +333,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="image files, globs ('photos/*.jpg', 's3://b/x/*.png') or folders / URL prefixes "
         "(every image below them)",
     )
-    p.add_argument("--classes", help='comma-separated names, e.g. "cat,sofa"')
+    p.add_argument(
+        "--classes",
+        help='comma-separated names, e.g. "cat,sofa"; synonyms of one class joined by "|", '
+        'e.g. "person|man|woman,sofa|couch" (the class scores the max over them)',
+    )
     p.add_argument(
         "--classes-file", help="a file of class names, one per line (or comma-separated)"
     )
@@ -341,7 +347,37 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="where the models run (auto: a GPU when torch sees one)",
     )
-    p.add_argument("--checkpoint", required=True, help="a train run's final/ folder")
+    p.add_argument(
+        "--checkpoint",
+        help="a train run's final/ folder (the student, and the teacher it was trained with)",
+    )
+    p.add_argument(
+        "--method",
+        choices=["student", *(m for m in BASELINE_METHODS if m != "all_background")],
+        help="student (the default with --checkpoint), or a training-free method on the "
+        "teacher alone: grid_crop, maskclip_dense, dense_raw, sclip, clearclip, naclip",
+    )
+    p.add_argument(
+        "--teacher",
+        help="open_clip architecture for a training-free --method without --checkpoint, e.g. "
+        "ViT-B-16, or zeroseg-toyclip (the lab teacher)",
+    )
+    p.add_argument(
+        "--pretrained",
+        help="the teacher's weights: a file or fsspec URI, an open_clip tag, or 'shipped' "
+        "for the packaged lab teacher",
+    )
+    p.add_argument(
+        "--naclip-sigma",
+        type=float,
+        default=5.0,
+        help="NACLIP's Gaussian neighbourhood in patches (default 5)",
+    )
+    p.add_argument(
+        "--pamr",
+        action="store_true",
+        help="refine the scores with PAMR (pixel-adaptive mask refinement) before labelling",
+    )
     p.add_argument("-o", "--out", required=True, help="output folder for overlays")
     p.add_argument(
         "--background",
@@ -462,6 +498,11 @@ def _dispatch(args, parser) -> int:
             classes_file=args.classes_file,
             device=args.device,
             readout=args.readout,
+            method=args.method,
+            teacher=args.teacher,
+            pretrained=args.pretrained,
+            sigma=args.naclip_sigma,
+            pamr=args.pamr,
         )
 
     if cmd == "submit":

@@ -36,7 +36,9 @@ from .runner import (
 )
 
 # 3: the dense_raw baseline and the generalisation split (parts of version 2 lack them)
-PROTOCOL_VERSION = 3
+# 4: the baselines are a list (eval.baselines; SCLIP, ClearCLIP, NACLIP added), protocol
+#    families with class-name synonyms and template sets, PAMR
+PROTOCOL_VERSION = 4
 PER_IMAGE_KEY = "_student_miou"  # (images, rules): the student's mIoU per image and rule
 IDS_KEY = "_ids"
 # Ray already reruns a task whose worker died; these are retries of transient errors the task
@@ -46,7 +48,31 @@ GENERALISATION = "generalisation"  # the optional held-out split's name (shapes)
 
 
 def protocol_name(cfg: Config, benchmark: str | None = None) -> str:
-    return cfg.eval.protocol or benchmark or eval_benchmarks(cfg.eval)[0]
+    from zeroseg.protocols import protocol_file
+
+    return protocol_file(cfg.eval.protocol, benchmark or eval_benchmarks(cfg.eval)[0])
+
+
+def eval_methods(cfg: Config) -> list[str]:
+    """The student, then ``eval.baselines`` (empty: every baseline the teacher can run).
+
+    A listed method the teacher cannot run (the attention read-outs on a CNN) is an error."""
+    from zeroseg.config import BASELINE_METHODS, VIT_ONLY_METHODS
+    from zeroseg.teacher import architecture_is_vit
+
+    vit = architecture_is_vit(cfg.teacher.model)
+    if cfg.eval.baselines:
+        wrong = [m for m in cfg.eval.baselines if m in VIT_ONLY_METHODS and vit is False]
+        if wrong:
+            raise ConfigError(
+                f"eval.baselines: {wrong} change a ViT's attention; teacher "
+                f"{cfg.teacher.model!r} is not a ViT"
+            )
+        return ["student", *cfg.eval.baselines]
+    return [
+        "student",
+        *(m for m in BASELINE_METHODS if vit is not False or m not in VIT_ONLY_METHODS),
+    ]
 
 
 def protocol(
@@ -58,11 +84,15 @@ def protocol(
     rule and the resize / sliding window; only a protocol that tunes on the validation split
     sweeps ``eval.background_rules``.
     """
-    from zeroseg.protocols import load_protocol
+    from zeroseg.class_files import load_class_file
+    from zeroseg.protocols import load_protocol, template_set
 
     benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
     pinned = load_protocol(protocol_name(cfg, benchmark)).resolved(input_size)
     tune = pinned.tuned_on_val and cfg.eval.tune_on_val
+    synonyms = None
+    if pinned.class_file:
+        synonyms = load_class_file(pinned.class_file, class_names)
     if pinned.tuned_on_val:
         rules = list(cfg.eval.background_rules) if tune else list(cfg.eval.background_rules[:1])
     else:
@@ -73,8 +103,16 @@ def protocol(
         "benchmark": benchmark,
         "pinned": pinned.to_dict(),
         "classes": class_names,
-        "templates": list(cfg.teacher.templates),
-        "background_prompt": "background",
+        # per class (background first) the names it scores the max over; None: one name each
+        "class_synonyms": synonyms,
+        "templates": (
+            template_set(pinned.templates) if pinned.templates else list(cfg.teacher.templates)
+        ),
+        "background_prompt": "background" if synonyms is None else synonyms[0],
+        "methods": eval_methods(cfg),
+        "naclip_sigma": float(cfg.eval.naclip_sigma),
+        "pamr": bool(cfg.eval.pamr),
+        "teacher_windows": pinned.teacher_windows,
         "prob_scale": pinned.prob_scale,
         "background_rules": rules,
         "tune_on_val": tune,
@@ -131,7 +169,6 @@ class Scorer:
         proto: dict[str, Any],
         device: str = "cpu",
     ):
-        from zeroseg.predict import text_embeddings
         from zeroseg.segmenter import load_segmenter
 
         pinned = proto["pinned"]
@@ -146,15 +183,23 @@ class Scorer:
             readout=proto.get("student_readout", "segments"),
             dense_input_size=proto["dense_input_size"],
             prob_scale=proto["prob_scale"],
+            sigma=proto["naclip_sigma"],
+            teacher_windows=proto["teacher_windows"],
+            pamr=proto["pamr"],
         )
         self.student, self.teacher = self.segmenter.student, self.segmenter.teacher
         self.info = self.segmenter.run_config
-        # class_names[0] is the benchmark's background; the background prompt takes its place.
-        self.text = text_embeddings(self.teacher, class_names[1:], proto["templates"])
+        # class_names[0] is the benchmark's background: the background prompt (or the class
+        # file's background names) takes its place
+        synonyms = proto["class_synonyms"]
+        if synonyms is None:
+            self.text, self.groups = self.segmenter.text_embeddings(class_names[1:])
+        else:
+            self.text, self.groups = self.segmenter.text_embeddings(synonyms[1:], synonyms[0])
 
     def cosines(self, method: str, image: np.ndarray):
         """``(1 + C, H, W)`` cosines of one method on the CPU (None for ``all_background``)."""
-        return self.segmenter.cosines(image, self.text, method=method)
+        return self.segmenter.cosines(image, self.text, method=method, groups=self.groups)
 
 
 def task_device(gpus: float) -> str:
@@ -179,18 +224,19 @@ def eval_part(
     import torch
 
     from zeroseg.metrics import confusion_matrix, scores_from_confusion
-    from zeroseg.predict import METHODS, apply_rule
+    from zeroseg.predict import apply_rule
 
     torch.set_num_threads(max(1, threads))
     rules = proto["background_rules"]
+    methods = proto["methods"]
     reader = _reader(benchmark, root)
     scorer = Scorer(final_uri, class_names, proto, task_device(gpus))
     k = len(class_names)
-    conf = {m: np.zeros((len(rules), k, k), np.int64) for m in METHODS}
+    conf = {m: np.zeros((len(rules), k, k), np.int64) for m in methods}
     per_image = np.zeros((len(sample_ids), len(rules)), np.float64)
     for n, sid in enumerate(sample_ids):
         image, mask = reader.load(sid)
-        for m in METHODS:
+        for m in methods:
             cos = scorer.cosines(m, image)
             for i, rule in enumerate(rules):
                 labels = apply_rule(cos, rule, mask.shape, proto["prob_scale"])
@@ -414,9 +460,9 @@ def finalize_eval(
     roots: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     from zeroseg.metrics import scores_from_confusion
-    from zeroseg.predict import METHODS
 
     benchmark = benchmark or eval_benchmarks(cfg.eval)[0]
+    methods = proto["methods"]
     roots = roots or plan_splits(cfg, benchmark, proto["tune_on_val"])
     rules = proto["background_rules"]
     bench, bench_ids, bench_per_image = _sum_parts(stage, units, per, "bench")
@@ -429,7 +475,7 @@ def finalize_eval(
 
     results: dict[str, Any] = {}
     chosen_rule_index: dict[str, int] = {}
-    for m in METHODS:
+    for m in methods:
         val_miou = miou_by_rule(val[m]) if val is not None else None
         best = int(np.argmax(val_miou)) if val_miou is not None else 0
         chosen_rule_index[m] = best
@@ -451,7 +497,7 @@ def finalize_eval(
         "num_images": len(bench_ids),
         "num_generalisation_images": sum(len(u[2]) for u in units if u[0] == GENERALISATION),
         "student": results["student"],
-        "baselines": {m: results[m] for m in METHODS if m != "student"},
+        "baselines": {m: results[m] for m in methods if m != "student"},
         "seconds": round(seconds, 2),
         "code": code_version(),
         "created_at": now(),
@@ -510,7 +556,7 @@ def draw_overlays(
     """Image | truth | student | baselines for the picked images, each method with its rule;
     returns (file name, sample id, student mIoU) per picture."""
     from zeroseg.overlay import panel
-    from zeroseg.predict import BASELINES, apply_rule
+    from zeroseg.predict import apply_rule
 
     if not picks:
         return []
@@ -525,7 +571,7 @@ def draw_overlays(
     for kind, sid, score in picks:
         image, mask = reader.load(sid)
         maps = [("truth", np.where(mask == 255, 0, mask))]
-        for m in ("student", *BASELINES[:-1]):
+        for m in (m for m in proto["methods"] if m != "all_background"):
             cos = scorer.cosines(m, image)
             maps.append((m, apply_rule(cos, chosen[m], mask.shape, proto["prob_scale"])))
         buf = io.BytesIO()

@@ -126,17 +126,24 @@ def _label_png(labels: np.ndarray) -> bytes:
 def segment_images(
     images: list[str],
     classes: str | None,
-    checkpoint: str,
+    checkpoint: str | None,
     out_dir: str,
     background: str = "prompt",
     save_labels: bool = False,
     classes_file: str | None = None,
     device: str = "auto",
     readout: str = "auto",
+    method: str | None = None,
+    teacher: str | None = None,
+    pretrained: str | None = None,
+    sigma: float = 5.0,
+    pamr: bool = False,
 ) -> int:
     """Overlay PNG (and optionally label maps) per image; bad images are recorded and skipped,
     the batch goes on. Returns 1 when any image failed, else 0. ``readout`` "auto" reads out
-    through segments and per-patch projections when the student has them."""
+    through segments and per-patch projections when the student has them. Without a
+    ``checkpoint``, a training-free ``method`` runs on ``teacher`` (``pretrained`` weights)
+    alone, with the same outputs."""
     from tqdm import tqdm
 
     from zeroseg.images import BadImage, decode_image
@@ -145,6 +152,10 @@ def segment_images(
     from zeroseg.segmenter import load_segmenter, resolve_device
 
     classes_list = parse_classes(classes, classes_file)
+    # "person|man|woman": one class scored by the max over its synonyms, shown by its first name
+    queries = [c.split("|") if "|" in c else c for c in classes_list]
+    if any("" in q for q in queries if isinstance(q, list)):
+        raise ValueError(f"an empty synonym in {classes_list}: write 'a|b', not 'a||b' or 'a|'")
     if len(classes_list) > 254:
         raise ValueError(f"{len(classes_list)} classes: label maps hold at most 254")
     parse_rule(background)
@@ -158,8 +169,18 @@ def segment_images(
     if not uris:
         raise FileNotFoundError(f"no images found in {images}")
     names = output_names(uris)
-    seg = load_segmenter(checkpoint, device=device, background=background, readout=readout)
-    seg.text_embeddings(classes_list)  # once, before the first image
+    seg = load_segmenter(
+        checkpoint,
+        method=method,
+        teacher=teacher,
+        pretrained=pretrained,
+        device=device,
+        background=background,
+        readout=readout,
+        sigma=sigma,
+        pamr=pamr,
+    )
+    seg.text_embeddings(queries)  # once, before the first image
     storage.makedirs(out_dir)
     failures: dict[str, str] = {}
     written = 0
@@ -175,11 +196,12 @@ def segment_images(
             failures[uri] = type(exc).__name__
             tqdm.write(f"zeroseg segment: skipping {uri}: {exc}")
             continue
-        labels = seg.segment(image, classes_list)
+        labels = seg.segment(image, queries)
         buf = io.BytesIO()
         scale = max(1, 256 // max(image.shape[:2]))
-        legend = ["background", *classes_list]
-        panel(image, [("segments", labels)], legend, scale=scale).save(buf, "PNG")
+        legend = ["background", *(c.split("|")[0] for c in classes_list)]
+        shown = "segments" if seg.method == "student" else seg.method
+        panel(image, [(shown, labels)], legend, scale=scale).save(buf, "PNG")
         storage.write_bytes(storage.join(out_dir, f"{stem}.png"), buf.getvalue())
         written += 1
         if save_labels:
@@ -191,7 +213,7 @@ def segment_images(
         storage.write_json(storage.join(out_dir, "failures.json"), failures)
     if skipped:
         storage.write_json(storage.join(out_dir, "skipped.json"), skipped)
-    summary = f"wrote {written} overlay(s) to {out_dir} ({device})"
+    summary = f"wrote {written} overlay(s) to {out_dir} ({seg.method}, {device})"
     if failures:
         causes = ", ".join(f"{k}: {v}" for k, v in sorted(Counter(failures.values()).items()))
         summary += f"; {len(failures)} image(s) could not be read ({causes}; see failures.json)"

@@ -24,6 +24,11 @@ from omegaconf.errors import OmegaConfBaseException
 # paper: averaged with the student's per-patch projections; needs patch_proj). Kept here, with no
 # torch import, so the config check and the CLI's choices read the same list.
 STUDENT_READOUTS = ("segments", "segments+patches")
+# What eval scores next to the student. The teacher's dense read-outs (what its last block
+# computes, zeroseg.last_block); the last three change a ViT's attention and need a ViT teacher.
+TEACHER_DENSE_METHODS = ("maskclip_dense", "dense_raw", "sclip", "clearclip", "naclip")
+VIT_ONLY_METHODS = ("sclip", "clearclip", "naclip")
+BASELINE_METHODS = ("grid_crop", *TEACHER_DENSE_METHODS, "all_background")
 
 __all__ = [
     "MISSING",
@@ -237,9 +242,17 @@ class EvalConfig:
     data_root: str = ""
     # Per-benchmark folder, overriding data_root for that benchmark, e.g. {coco_object: s3://b/coco}.
     data_roots: dict[str, str] = field(default_factory=dict)
-    # Pinned protocol in zeroseg/protocol_configs (background rule, short side, sliding window);
-    # empty = the benchmark's name. voc / context / coco_object fix the paper's thresholds.
+    # Pinned protocol in zeroseg/protocol_configs (background rule, short side, sliding window,
+    # class names, templates): a family, "paper" (= empty; each benchmark's own file, the
+    # paper's thresholds) or "sclip" (the training-free segmenters' protocol, file
+    # <benchmark>_sclip), or one file's name (one benchmark only).
     protocol: str = ""
+    # Teacher-only methods scored next to the student (BASELINE_METHODS); empty = all that
+    # apply to the teacher (sclip / clearclip / naclip need a ViT).
+    baselines: list[str] = field(default_factory=list)
+    naclip_sigma: float = 5.0  # NACLIP's Gaussian neighbourhood, in patches
+    # Refine every method's map with PAMR (pixel-adaptive mask refinement) before the rules.
+    pamr: bool = False
     images_per_task: int = 50
     num_cpus_per_task: float = 1.0
     # GPU share per task on a GPU cluster (e.g. 0.25 packs four tasks on a GPU); 0 = CPU.
@@ -381,11 +394,12 @@ NUMERIC_RULES: dict[str, Bound] = {
     "eval.gpus_per_task": _COUNT,
     "eval.dense_input_size": Bound(0, note="0 = the teacher's own input size"),
     "eval.prob_scale": Bound(0, lo_open=True),
+    "eval.naclip_sigma": Bound(0, lo_open=True),
     "eval.overlays": _COUNT,
     "ray.num_cpus": Bound(0, note="0 = all cores"),
 }
 # Ranges of the values inside rules of eval.background_rules ("threshold:P", "cosine:C").
-RULE_RANGES = {"threshold": Bound(0, 1), "cosine": Bound(-1, 1)}
+RULE_RANGES = {"threshold": Bound(0, 1), "cosine": Bound(-1, 1), "argmax": Bound(0, 1)}
 
 
 def _range_problems(cfg: Config) -> list[tuple[str, str]]:
@@ -539,7 +553,7 @@ def eval_benchmarks(ev: EvalConfig) -> list[str]:
 
 def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
     from .benchmarks import benchmark_names
-    from .protocols import list_protocols
+    from .protocols import FAMILIES, list_protocols, protocol_file
 
     problems: list[tuple[str, str]] = []
     if ev.student_readout not in STUDENT_READOUTS:
@@ -551,8 +565,15 @@ def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
             problems.append((key, f"unknown benchmark {name!r}; known: {benchmark_names()}"))
     if len(set(names)) != len(names):
         problems.append((key, "lists a benchmark twice"))
-    if ev.protocol and len(names) > 1:
-        problems.append(("eval.protocol", "set it only with one benchmark (each uses its own)"))
+    if ev.protocol and ev.protocol not in FAMILIES and len(names) > 1:
+        problems.append(
+            ("eval.protocol", f"a file name takes one benchmark; use a family {list(FAMILIES)}")
+        )
+    for m in ev.baselines:
+        if m not in BASELINE_METHODS:
+            problems.append(("eval.baselines", f"unknown method {m!r}; known: {BASELINE_METHODS}"))
+    if len(set(ev.baselines)) != len(ev.baselines):
+        problems.append(("eval.baselines", "lists a method twice"))
     for name in names:
         if name not in benchmark_names():
             continue
@@ -560,7 +581,7 @@ def _eval_problems(ev: EvalConfig) -> list[tuple[str, str]]:
             problems.append(
                 ("eval.data_root", f"benchmark {name!r} needs it (or eval.data_roots.{name})")
             )
-        proto = ev.protocol or name
+        proto = protocol_file(ev.protocol, name)
         if proto not in list_protocols():
             k = "eval.protocol" if ev.protocol else key
             problems.append((k, f"no pinned protocol {proto!r}; known: {list_protocols()}"))

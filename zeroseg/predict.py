@@ -8,7 +8,13 @@ forward pass:
 - ``prompt``: the argmax over background prompt and classes is the label;
 - ``threshold:T``: background where the max of softmax(scale * cos) over the classes is below T
   (the paper's protocol);
-- ``cosine:T``: background where the best raw cosine is below T.
+- ``cosine:T``: background where the best raw cosine is below T;
+- ``argmax:T``: the argmax over background and classes, and background wherever the max of
+  softmax(scale * cos) over all of them is below T (the SCLIP family's protocol, whose
+  background row is a list of stuff names).
+
+A class given several names (synonyms) scores the max of its names' cosines
+(:func:`group_max`), so every rule sees one row per class.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import STUDENT_READOUTS
+from .class_files import flatten
+from .config import BASELINE_METHODS, STUDENT_READOUTS, TEACHER_DENSE_METHODS
 from .inference import (
     dense_score_map,
     grid_score_map,
@@ -28,11 +35,28 @@ from .inference import (
     short_side_size,
     sliding_window_scores,
 )
+from .last_block import NACLIP_SIGMA
 from .views import cut_views
 
-METHODS = ("student", "grid_crop", "maskclip_dense", "dense_raw", "all_background")
-BASELINES = METHODS[1:]
+# the teacher's dense read-outs by method name: what its last block computes
+DENSE_METHODS = {
+    "maskclip_dense": "value",
+    "dense_raw": "raw",
+    "sclip": "sclip",
+    "clearclip": "clearclip",
+    "naclip": "naclip",
+}
+assert tuple(DENSE_METHODS) == TEACHER_DENSE_METHODS
+METHODS = ("student", *BASELINE_METHODS)
+BASELINES = BASELINE_METHODS
 BACKGROUND_NAME = "background"
+RULE_KINDS = ("prompt", "threshold", "cosine", "argmax")
+
+
+def baselines_for(dense_modes: Sequence[str]) -> tuple[str, ...]:
+    """Every baseline a teacher with these dense read-outs can run (a CNN has no attention to
+    change, so the SCLIP family does not apply to it)."""
+    return tuple(m for m in BASELINES if m not in DENSE_METHODS or DENSE_METHODS[m] in dense_modes)
 
 
 def parse_rule(rule: str) -> tuple[str, float]:
@@ -40,17 +64,49 @@ def parse_rule(rule: str) -> tuple[str, float]:
     kind, _, value = rule.partition(":")
     if kind == "prompt" and not value:
         return kind, 0.0
-    if kind in ("threshold", "cosine") and value:
+    if kind in RULE_KINDS[1:] and value:
         try:
             return kind, float(value)
         except ValueError:
             pass
-    raise ValueError(f"background rule {rule!r}: use 'prompt', 'threshold:<p>' or 'cosine:<c>'")
+    raise ValueError(
+        f"background rule {rule!r}: use 'prompt', 'threshold:<p>', 'cosine:<c>' or 'argmax:<p>'"
+    )
 
 
 def text_embeddings(teacher, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """``(1 + C, D)``: the background prompt first, then the classes (prompt ensembles)."""
     return teacher.encode_text([BACKGROUND_NAME, *class_names], list(templates))
+
+
+def text_query(
+    teacher,
+    classes: Sequence[str | Sequence[str]],
+    templates: Sequence[str],
+    background: Sequence[str] = (BACKGROUND_NAME,),
+) -> tuple[torch.Tensor, list[int] | None]:
+    """Text embeddings of every name, and each name's class for :func:`group_max`.
+
+    ``classes``: a name, or a list of synonyms, per class; ``background``: the names of row 0.
+    One name per class and the plain background prompt give ``(1 + C, D)`` and None."""
+    per_class = [[c] if isinstance(c, str) else list(c) for c in classes]
+    for k, synonyms in enumerate(per_class, 1):
+        if not synonyms:
+            raise ValueError(f"class {k} has no names")
+    names, groups = flatten([list(background), *per_class])
+    emb = teacher.encode_text(names, list(templates))
+    return emb, (None if len(names) == len(classes) + 1 else groups)
+
+
+def group_max(cos: torch.Tensor, groups: Sequence[int] | None) -> torch.Tensor:
+    """``(N, H, W)`` cosines of N names -> ``(G, H, W)``, each class the max over its names;
+    ``groups[n]`` is name n's class (0 = background). None: one name per class already."""
+    if groups is None:
+        return cos
+    index = torch.as_tensor(list(groups), device=cos.device)
+    if index.numel() != cos.shape[0]:
+        raise ValueError(f"{cos.shape[0]} name rows but {index.numel()} group indices")
+    return torch.stack([cos[index == k].amax(0) for k in range(int(index.max()) + 1)])
 
 
 def image_tensor(image: np.ndarray, size: int | tuple[int, int] | None) -> torch.Tensor:
@@ -126,13 +182,30 @@ def dense_cosines(
     text: torch.Tensor,
     input_size: int | None = None,
     mode: str = "value",
+    sigma: float = NACLIP_SIGMA,
+    windows: tuple[int, int, int] | None = None,
 ) -> torch.Tensor:
-    """The teacher's per-location embeddings, cosines upsampled bilinearly. ``mode="value"``
-    is MaskCLIP's value path (``maskclip_dense``), ``"raw"`` the tower's own last-block patch
-    tokens (``dense_raw``); see :func:`zeroseg.teacher.dense_tower_features`."""
-    x = image_tensor(image, input_size or teacher.image_size)
-    dense = teacher.dense_features(x, input_size=input_size, mode=mode)[0]  # (h', w', D)
-    return dense_score_map(dense, text, image.shape[:2])
+    """The teacher's per-location embeddings under a last-block ``mode``
+    (:data:`DENSE_METHODS`), cosines upsampled bilinearly.
+
+    Without ``windows`` the image is resized to one square of ``input_size`` (default the
+    teacher's own). ``windows = (short_side, window, stride)``: the short side is resized,
+    windows of ``window`` (fed at that size) slide with ``stride`` and their maps are averaged,
+    as the SCLIP family's protocol does with a CLIP at 224 px."""
+
+    def window_cosines(crop: torch.Tensor, size: int | None) -> torch.Tensor:
+        dense = teacher.dense_features(crop, input_size=size, mode=mode, sigma=sigma)[0]
+        return dense_score_map(dense, text, tuple(crop.shape[-2:]))
+
+    h, w = image.shape[:2]
+    if windows is None:
+        x = image_tensor(image, input_size or teacher.image_size)
+        dense = teacher.dense_features(x, input_size=input_size, mode=mode, sigma=sigma)[0]
+        return dense_score_map(dense, text, (h, w))
+    short, window, stride = windows
+    x = image_tensor(image, short_side_size((h, w), short))[0]
+    cos = sliding_window_scores(lambda c: window_cosines(c, window), x, window, stride)
+    return F.interpolate(cos[None], size=(h, w), mode="bilinear", align_corners=False)[0]
 
 
 def method_cosines(
@@ -147,19 +220,23 @@ def method_cosines(
     window: int | None = None,
     stride: int | None = None,
     readout: str = "segments",
+    sigma: float = NACLIP_SIGMA,
+    teacher_windows: bool = False,
 ) -> torch.Tensor | None:
-    """``(1 + C, H, W)`` cosines of one method; None for ``all_background``. ``size`` is the
-    student's short side (and the grid-crop's square input); ``window`` / ``stride`` its sliding
-    window; ``readout`` the student's (:data:`STUDENT_READOUTS`); ``dense_input_size`` the
-    teacher's input side for both dense read-outs (``maskclip_dense``, ``dense_raw``)."""
+    """``(rows, H, W)`` cosines of one method against the rows of ``text``; None for
+    ``all_background``. ``size`` is the student's short side (and the grid-crop's square
+    input); ``window`` / ``stride`` its sliding window; ``readout`` the student's
+    (:data:`STUDENT_READOUTS`); ``dense_input_size`` the teacher's input side for its dense
+    read-outs (:data:`DENSE_METHODS`), or with ``teacher_windows`` they slide the same windows
+    over the same short side as the student; ``sigma`` is NACLIP's neighbourhood."""
     if method == "student":
         return student_cosines(student, image, text, size, window, stride, readout)
     if method == "grid_crop":
         return grid_cosines(teacher, image, text, size, 4)
-    if method == "maskclip_dense":
-        return dense_cosines(teacher, image, text, dense_input_size, mode="value")
-    if method == "dense_raw":
-        return dense_cosines(teacher, image, text, dense_input_size, mode="raw")
+    if method in DENSE_METHODS:
+        windows = (size, window or size, stride or window or size) if teacher_windows else None
+        mode = DENSE_METHODS[method]
+        return dense_cosines(teacher, image, text, dense_input_size, mode, sigma, windows)
     if method == "all_background":
         return None
     raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -174,4 +251,8 @@ def apply_rule(
     kind, value = parse_rule(rule)
     if kind == "prompt":
         return labels_from_scores(cos, 0.0, "prompt", scale, class_dim=0).numpy()
+    if kind == "argmax":
+        labels = cos.argmax(dim=0)
+        conf = (scale * cos).softmax(dim=0).amax(dim=0)
+        return torch.where(conf < value, torch.zeros_like(labels), labels).numpy()
     return labels_from_scores(cos[1:], value, kind, scale, class_dim=0).numpy()

@@ -10,12 +10,18 @@ resolved protocol next to the numbers.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 PROTOCOL_DIR = Path(__file__).resolve().parent / "protocol_configs"
 TUNE_ON_VAL = "tune_on_val"
+# ``eval.protocol`` may name a family instead of a file: each benchmark then takes its own file
+# of that family (``voc`` / ``voc_sclip`` ...). "paper" is ZeroSeg's (GroupViT's) protocol;
+# "sclip" the training-free segmenters' (SCLIP, ClearCLIP, NACLIP).
+FAMILIES = ("paper", "sclip")
+# named prompt-template sets a protocol may ask for ("" = the job's teacher.templates)
+TEMPLATE_SETS = ("openai_imagenet",)
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,14 @@ class Protocol:
     stride: int = 0  # sliding-window stride (0 = the window)
     prob_scale: float = 100.0
     description: str = ""
+    family: str = "paper"
+    # class names with synonyms (zeroseg/protocol_configs/classes/<name>.txt); "" = the
+    # benchmark's own names, one each
+    class_file: str = ""
+    templates: str = ""  # one of TEMPLATE_SETS, or "" for the job's teacher.templates
+    # the teacher's dense read-outs slide the same windows over the same short side as the
+    # student (else they see the whole image at the teacher's input size)
+    teacher_windows: bool = False
 
     @property
     def tuned_on_val(self) -> bool:
@@ -36,15 +50,7 @@ class Protocol:
         """Fill the zero sizes from the student's input size."""
         short = self.short_side or input_size
         window = self.window or short
-        return Protocol(
-            self.name,
-            self.background,
-            short,
-            window,
-            self.stride or window,
-            self.prob_scale,
-            self.description,
-        )
+        return replace(self, short_side=short, window=window, stride=self.stride or window)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,6 +58,26 @@ class Protocol:
 
 def list_protocols() -> list[str]:
     return sorted(p.stem for p in PROTOCOL_DIR.glob("*.json"))
+
+
+def protocol_file(setting: str, benchmark: str) -> str:
+    """The pinned file a benchmark uses under ``eval.protocol = setting``: a family's file for
+    the benchmark (``""`` = "paper": the benchmark's own name), or the file ``setting`` names."""
+    if setting in ("", "paper"):
+        return benchmark
+    if setting in FAMILIES:
+        return f"{benchmark}_{setting}"
+    return setting
+
+
+def template_set(name: str) -> list[str]:
+    """A named prompt-template set as ``{}`` format strings. ``openai_imagenet``: the 80
+    ImageNet templates of CLIP's zero-shot evaluation, as open_clip ships them."""
+    if name == "openai_imagenet":
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+
+        return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    raise KeyError(f"unknown template set {name!r}; known: {list(TEMPLATE_SETS)}")
 
 
 def load_protocol(name: str) -> Protocol:
@@ -66,4 +92,13 @@ def load_protocol(name: str) -> Protocol:
         parse_rule(proto.background)  # fail on a malformed pinned rule
     if min(proto.short_side, proto.window, proto.stride) < 0:
         raise ValueError(f"protocol {name!r}: sizes must be >= 0")
+    if proto.family not in FAMILIES:
+        raise ValueError(f"protocol {name!r}: family {proto.family!r} not in {FAMILIES}")
+    if proto.templates and proto.templates not in TEMPLATE_SETS:
+        raise ValueError(f"protocol {name!r}: unknown template set {proto.templates!r}")
+    if proto.class_file:
+        from .class_files import list_class_files
+
+        if proto.class_file not in list_class_files():
+            raise ValueError(f"protocol {name!r}: no class file {proto.class_file!r}")
     return proto

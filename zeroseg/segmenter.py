@@ -17,8 +17,9 @@ import numpy as np
 import torch
 
 from .config import STUDENT_READOUTS
+from .last_block import NACLIP_SIGMA
 from .models import Student, load_pretrained
-from .predict import METHODS, apply_rule, method_cosines, parse_rule, text_embeddings
+from .predict import METHODS, apply_rule, group_max, method_cosines, parse_rule, text_query
 from .teacher import Teacher
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -52,11 +53,14 @@ class Segmenter:
     """One method's pixel labels for any image and any class names.
 
     ``method`` is one of :data:`zeroseg.predict.METHODS`: ``"student"`` needs ``student``; the
-    training-free methods (``maskclip_dense``, ``dense_raw``, ``grid_crop``) only the teacher,
-    which every method also uses for the text embeddings. ``size`` is the student's short side
-    (and the grid crop's square input), ``window`` / ``stride`` the student's sliding window,
-    ``dense_input_size`` the teacher's input side for the dense read-outs, ``background`` the
-    default rule (:func:`zeroseg.predict.parse_rule`) and ``prob_scale`` its softmax scale.
+    training-free methods (``grid_crop`` and the dense read-outs ``maskclip_dense``,
+    ``dense_raw``, ``sclip``, ``clearclip``, ``naclip``) only the teacher, which every method
+    also uses for the text embeddings. ``size`` is the student's short side (and the grid crop's
+    square input), ``window`` / ``stride`` the student's sliding window, ``dense_input_size``
+    the teacher's input side for the dense read-outs (``teacher_windows``: they slide the
+    student's windows instead), ``sigma`` NACLIP's neighbourhood, ``pamr`` refines every map
+    with :func:`zeroseg.pamr.pamr`, ``background`` the default rule
+    (:func:`zeroseg.predict.parse_rule`) and ``prob_scale`` its softmax scale.
     """
 
     def __init__(
@@ -74,6 +78,9 @@ class Segmenter:
         background: str = "prompt",
         prob_scale: float = 100.0,
         run_config: dict[str, Any] | None = None,
+        sigma: float = NACLIP_SIGMA,
+        teacher_windows: bool = False,
+        pamr: bool = False,
     ) -> None:
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; known: {', '.join(METHODS)}")
@@ -97,32 +104,45 @@ class Segmenter:
         self.background = background
         self.prob_scale = float(prob_scale)
         self.run_config = run_config
-        self._text_key: tuple[str, ...] | None = None
-        self._text: torch.Tensor | None = None
+        if sigma <= 0:
+            raise ValueError(f"naclip sigma must be > 0, got {sigma}")
+        self.sigma = float(sigma)
+        self.teacher_windows = bool(teacher_windows)
+        self.pamr = bool(pamr)
+        self._text_key: tuple | None = None
+        self._text: tuple[torch.Tensor, list[int] | None] | None = None
 
-    def text_embeddings(self, classes: Sequence[str]) -> torch.Tensor:
-        """``(1 + C, D)``: the background prompt, then the classes; the last list is kept, so a
-        batch of images with the same classes encodes the text once."""
-        key = tuple(classes)
+    def text_embeddings(
+        self, classes: Sequence[str | Sequence[str]], background: Sequence[str] = ("background",)
+    ) -> tuple[torch.Tensor, list[int] | None]:
+        """Embeddings of the background names (row 0), then the classes (a name or a list of
+        synonyms each), with each name's class (None when there is one name per row); the last
+        list is kept, so a batch of images with the same classes encodes the text once."""
+        key = (tuple(c if isinstance(c, str) else tuple(c) for c in classes), tuple(background))
         if key != self._text_key:
-            if not key:
+            if not key[0]:
                 raise ValueError("no class names given")
-            if "background" in key:
+            if "background" in key[0]:
                 raise ValueError("'background' is implicit (label 0); leave it out of the classes")
-            self._text = text_embeddings(self.teacher, list(key), self.templates)
+            self._text = text_query(self.teacher, key[0], self.templates, key[1])
             self._text_key = key
         return self._text
 
     def cosines(
         self,
         image: Any,
-        classes: Sequence[str] | torch.Tensor,
+        classes: Sequence[str | Sequence[str]] | torch.Tensor,
         method: str | None = None,
+        groups: Sequence[int] | None = None,
     ) -> torch.Tensor | None:
-        """``(1 + C, H, W)`` cosines on the CPU against the background prompt and the classes
-        (names, or text embeddings from :meth:`text_embeddings`); None for ``all_background``.
-        ``method`` overrides the segmenter's own, so one set of models scores every method."""
-        text = classes if isinstance(classes, torch.Tensor) else self.text_embeddings(classes)
+        """``(1 + C, H, W)`` cosines on the CPU against the background and the classes (names,
+        or text embeddings from :meth:`text_embeddings` with their ``groups``); a class with
+        synonyms scores the max over its names. None for ``all_background``. ``method``
+        overrides the segmenter's own, so one set of models scores every method."""
+        if isinstance(classes, torch.Tensor):
+            text = classes
+        else:
+            text, groups = self.text_embeddings(classes)
         method = method or self.method
         if method == "student" and self.student is None:
             raise ValueError("method 'student' needs a trained student (a checkpoint)")
@@ -137,14 +157,23 @@ class Segmenter:
             window=self.window,
             stride=self.stride,
             readout=self.readout,
+            sigma=self.sigma,
+            teacher_windows=self.teacher_windows,
         )
-        return None if cos is None else cos.cpu()
+        if cos is None:
+            return None
+        cos = group_max(cos, groups)
+        if self.pamr:
+            from .pamr import pamr as refine
+
+            cos = refine(cos, as_rgb_array(image))
+        return cos.cpu()
 
     def segment(
-        self, image: Any, classes: Sequence[str], background: str | None = None
+        self, image: Any, classes: Sequence[str | Sequence[str]], background: str | None = None
     ) -> np.ndarray:
-        """``(H, W)`` int64 labels: 0 = background, k = ``classes[k - 1]``. ``background``
-        overrides the segmenter's rule for this call."""
+        """``(H, W)`` int64 labels: 0 = background, k = ``classes[k - 1]`` (a name or a list of
+        synonyms). ``background`` overrides the segmenter's rule for this call."""
         array = as_rgb_array(image)
         cos = self.cosines(array, classes)
         return apply_rule(cos, background or self.background, array.shape[:2], self.prob_scale)
@@ -165,6 +194,9 @@ def load_segmenter(
     readout: str = "auto",
     dense_input_size: int | None = None,
     prob_scale: float = 100.0,
+    sigma: float = NACLIP_SIGMA,
+    teacher_windows: bool = False,
+    pamr: bool = False,
 ) -> Segmenter:
     """A ready :class:`Segmenter` from a trained run or from a teacher alone.
 
@@ -223,4 +255,7 @@ def load_segmenter(
         background=background,
         prob_scale=prob_scale,
         run_config=saved,
+        sigma=sigma,
+        teacher_windows=teacher_windows,
+        pamr=pamr,
     )

@@ -23,6 +23,13 @@ import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
+from .last_block import (
+    DENSE_MODES,
+    NACLIP_SIGMA,
+    last_block,
+    open_clip_block_parts,
+    timm_block_parts,
+)
 from .logs import quiet_third_party_logs
 from .toy_assets import SHIPPED, TOY_MODEL, verified_shipped_weights
 from .views import resize_views
@@ -45,6 +52,24 @@ def register_model_configs() -> None:
     if not any(n.startswith(PROJECT_PREFIX) for n in open_clip.list_models()):
         for cfg in sorted(MODEL_CONFIG_DIR.glob(f"{PROJECT_PREFIX}*.json")):
             open_clip.add_model_config(cfg)
+
+
+def architecture_is_vit(model_name: str) -> bool | None:
+    """Whether an architecture's image tower is a ViT (open_clip's own, or a timm ViT trunk),
+    read from its config without building it; None when open_clip has no local config."""
+    if model_name.startswith(PROJECT_PREFIX):
+        register_model_configs()
+    cfg = open_clip.get_model_config(model_name)
+    if cfg is None:
+        return None
+    vision = cfg.get("vision_cfg", {})
+    timm_name = vision.get("timm_model_name")
+    if timm_name:
+        from timm.models import is_model, model_entrypoint
+
+        module = model_entrypoint(timm_name).__module__ if is_model(timm_name) else ""
+        return "vit" in timm_name or "vision_transformer" in module
+    return isinstance(vision.get("layers"), int)
 
 
 def architecture_shape(model_name: str) -> tuple[int, int] | None:
@@ -239,33 +264,55 @@ class Teacher:
             return self._out(z)
 
     def dense_features(
-        self, x: torch.Tensor, input_size: int | None = None, mode: str = "value"
+        self,
+        x: torch.Tensor,
+        input_size: int | None = None,
+        mode: str = "value",
+        sigma: float = NACLIP_SIGMA,
     ) -> torch.Tensor:
         """(B, 3, h, w) in [0, 1] -> (B, h', w', D) per-location embeddings.
 
-        ``mode`` (:data:`DENSE_MODES`): ``"value"`` is MaskCLIP's read-out of a ViT (the last
-        block's value path), ``"raw"`` the tower's own last-block patch tokens; see
-        :func:`dense_tower_features`. ``input_size`` feeds a larger square than the model's own
-        input size, which gives a finer map to a CNN tower or a ViT that interpolates its
-        position embeddings (timm ``dynamic_img_size``); open_clip's own ViT needs its size."""
+        ``mode`` (:data:`DENSE_MODES`) is what the last block computes: ``"value"`` is
+        MaskCLIP's value path, ``"raw"`` the block as trained, ``"sclip"``, ``"clearclip"`` and
+        ``"naclip"`` the training-free segmenters (``sigma``: NACLIP's neighbourhood, in
+        patches); see :mod:`zeroseg.last_block`. ``input_size`` feeds a larger square than the
+        model's own input size, which gives a finer map to a CNN tower or a ViT that
+        interpolates its position embeddings (timm ``dynamic_img_size``); open_clip's own ViT
+        needs its size."""
         with torch.inference_mode():
             x = self.preprocess(x, input_size)
-            return self._out(dense_tower_features(self.model.visual, x, mode))
+            return self._out(dense_tower_features(self.model.visual, x, mode, sigma))
+
+    @property
+    def dense_modes(self) -> tuple[str, ...]:
+        """The dense read-outs this tower has (a CNN has no attention to change)."""
+        return tower_dense_modes(self.model.visual)
 
 
-DENSE_MODES = ("value", "raw")
+VIT_ONLY_MODES = ("sclip", "clearclip", "naclip")
+
+
+def tower_dense_modes(visual: torch.nn.Module) -> tuple[str, ...]:
+    """:data:`DENSE_MODES` that apply to an open_clip image tower."""
+    from open_clip.timm_model import TimmModel
+    from open_clip.transformer import VisionTransformer
+    from timm.models.vision_transformer import VisionTransformer as TimmViT
+
+    is_vit = isinstance(visual, VisionTransformer) or (
+        isinstance(visual, TimmModel) and isinstance(visual.trunk, TimmViT)
+    )
+    return DENSE_MODES if is_vit else tuple(m for m in DENSE_MODES if m not in VIT_ONLY_MODES)
 
 
 def dense_tower_features(
-    visual: torch.nn.Module, x: torch.Tensor, mode: str = "value"
+    visual: torch.nn.Module, x: torch.Tensor, mode: str = "value", sigma: float = NACLIP_SIGMA
 ) -> torch.Tensor:
     """Per-location projected features of an open_clip image tower, (B, h', w', D), unnormalised.
 
-    ``mode="value"`` (MaskCLIP): for a ViT, the last block's value path only (pre-norm,
-    v-projection, out-projection and layer scale; no q-k attention, no residual, no MLP), then
-    the tower's final norm and projection on the patch tokens. ``mode="raw"``: the last block's
-    full forward, then the same final norm and projection on its patch tokens (class and other
-    prefix tokens dropped): the naive read-out of CLIP's patch tokens. Towers:
+    For a ViT, ``mode`` picks what the last block computes (:func:`zeroseg.last_block.last_block`:
+    ``"value"`` is MaskCLIP's value path, ``"raw"`` the block as it is, ``"sclip"``,
+    ``"clearclip"``, ``"naclip"`` the training-free segmenters); then the tower's final norm and
+    projection read every patch token (class and other prefix tokens dropped). Towers:
 
     - ``TimmModel`` with a timm ``VisionTransformer`` trunk: tokens through ``patch_embed``,
       ``_pos_embed``, ``patch_drop``, ``norm_pre`` and all blocks but the last; the read-out is
@@ -275,11 +322,11 @@ def dense_tower_features(
     - ``TimmModel`` with a CNN trunk: the trunk's head (pooling, norm) and the adapter's
       projection applied to each location, i.e. pooling moved to the end; with avg pooling and a
       linear projection the spatial mean equals the global embedding. A CNN has no value path,
-      so both modes give this same map.
-    - open_clip ``VisionTransformer``: as for timm (``ln_1``, the v slice of ``in_proj``,
-      ``out_proj``, ``ls_1``; then ``ln_post`` and ``proj``).
+      so ``value`` and ``raw`` give this same map and the attention modes do not apply.
+    - open_clip ``VisionTransformer``: as for timm (``ln_1``, ``in_proj``, ``out_proj``,
+      ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``; then ``ln_post`` and ``proj``).
     - ``ModifiedResNet``: the attention pool's value and output projections per location
-      (both modes).
+      (``value`` and ``raw``).
     """
     from open_clip.modified_resnet import ModifiedResNet
     from open_clip.timm_model import TimmModel
@@ -287,13 +334,15 @@ def dense_tower_features(
 
     if mode not in DENSE_MODES:
         raise ValueError(f"dense read-out mode must be one of {DENSE_MODES}, got {mode!r}")
+    if mode not in tower_dense_modes(visual):
+        raise NotImplementedError(f"{mode!r} changes a ViT's attention; {type(visual).__name__}")
     if isinstance(visual, TimmModel):
         from timm.models.vision_transformer import VisionTransformer as TimmViT
 
         if "pool" in visual.head:
             raise NotImplementedError("dense features for attention-pooled timm towers")
         if isinstance(visual.trunk, TimmViT):
-            return _timm_vit_dense(visual, x, mode)
+            return _timm_vit_dense(visual, x, mode, sigma)
         fmap = visual.trunk.forward_features(x)
         if fmap.ndim != 4:
             raise NotImplementedError("dense features need a timm trunk with a (B, C, H, W) map")
@@ -302,7 +351,7 @@ def dense_tower_features(
         z = visual.head(visual.trunk.forward_head(cells))
         return z.reshape(b, h, w, -1)
     if isinstance(visual, VisionTransformer):
-        return _open_clip_vit_dense(visual, x, mode)
+        return _open_clip_vit_dense(visual, x, mode, sigma)
     if isinstance(visual, ModifiedResNet):
         y = visual.stem(x)
         y = visual.layer4(visual.layer3(visual.layer2(visual.layer1(y))))
@@ -312,9 +361,9 @@ def dense_tower_features(
     raise NotImplementedError(f"dense features for {type(visual).__name__}")
 
 
-def _timm_vit_dense(visual: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
-    from timm.layers import Attention
-
+def _timm_vit_dense(
+    visual: torch.nn.Module, x: torch.Tensor, mode: str, sigma: float
+) -> torch.Tensor:
     trunk = visual.trunk
     if getattr(trunk, "attn_pool", None) is not None:
         raise NotImplementedError("dense features for attention-pooled (map) timm ViTs")
@@ -326,27 +375,16 @@ def _timm_vit_dense(visual: torch.nn.Module, x: torch.Tensor, mode: str) -> torc
     tokens = trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(tokens)))
     for blk in trunk.blocks[:-1]:
         tokens = blk(tokens)
-    last = trunk.blocks[-1]
-    if mode == "raw":
-        out = last(tokens)
-    else:
-        attn = getattr(last, "attn", None)
-        if not isinstance(attn, Attention) or not isinstance(attn.qkv, torch.nn.Linear):
-            raise NotImplementedError("the value path needs a timm Attention with a fused qkv")
-        y = last.norm1(tokens)
-        d = attn.qkv.out_features // 3
-        bias = attn.qkv.bias[2 * d :] if attn.qkv.bias is not None else None
-        v = attn.norm(F.linear(y, attn.qkv.weight[2 * d :], bias))
-        gate = getattr(attn, "gate", None)
-        if gate is not None:
-            v = v * gate(y).sigmoid()
-        out = last.ls1(attn.proj(v))
-    patches = trunk.norm(out[:, trunk.num_prefix_tokens :])
+    prefix = trunk.num_prefix_tokens
+    out = last_block(timm_block_parts(trunk.blocks[-1]), tokens, mode, grid, prefix, sigma)
+    patches = trunk.norm(out[:, prefix:])
     z = visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(patches))))
     return z.reshape(z.shape[0], *grid, z.shape[-1])
 
 
-def _open_clip_vit_dense(visual: torch.nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+def _open_clip_vit_dense(
+    visual: torch.nn.Module, x: torch.Tensor, mode: str, sigma: float
+) -> torch.Tensor:
     if visual.attn_pool is not None:
         raise NotImplementedError("dense features for attention-pooled ViTs")
     batch_first = getattr(visual.transformer, "batch_first", True)
@@ -356,21 +394,13 @@ def _open_clip_vit_dense(visual: torch.nn.Module, x: torch.Tensor, mode: str) ->
     blocks = visual.transformer.resblocks
     for blk in blocks[:-1]:
         tokens = blk(tokens)
-    last = blocks[-1]
-    if mode == "raw":
-        out = last(tokens)
-    else:
-        attn = getattr(last, "attn", None)
-        if not isinstance(attn, torch.nn.MultiheadAttention):
-            raise NotImplementedError("dense features need nn.MultiheadAttention blocks")
-        d = attn.embed_dim
-        y = last.ln_1(tokens)
-        bias = attn.in_proj_bias[2 * d :] if attn.in_proj_bias is not None else None
-        out = last.ls_1(attn.out_proj(F.linear(y, attn.in_proj_weight[2 * d :], bias)))
     if not batch_first:
-        out = out.transpose(0, 1)
-    v = visual.ln_post(out[:, 1:])
+        tokens = tokens.transpose(0, 1)
+    grid = (x.shape[-2] // visual.patch_size[0], x.shape[-1] // visual.patch_size[1])
+    prefix = tokens.shape[1] - grid[0] * grid[1]
+    parts = open_clip_block_parts(blocks[-1], batch_first)
+    out = last_block(parts, tokens, mode, grid, prefix, sigma)
+    v = visual.ln_post(out[:, prefix:])
     if visual.proj is not None:
         v = v @ visual.proj
-    gh, gw = x.shape[-2] // visual.patch_size[0], x.shape[-1] // visual.patch_size[1]
-    return v.reshape(v.shape[0], gh, gw, -1)
+    return v.reshape(v.shape[0], *grid, -1)

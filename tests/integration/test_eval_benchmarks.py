@@ -18,6 +18,25 @@ from zeroseg.metrics import scores_from_confusion
 pytestmark = pytest.mark.integration
 
 
+def test_voc_under_the_sclip_protocol_scores_synonyms_with_its_sizes(ray_local, tmp_path):
+    """eval.protocol=sclip: the class file, the 80 templates, windows of 224 over short side 336
+    for the teacher's read-outs too, the argmax rule; chosen baselines only; PAMR on."""
+    final = write_random_checkpoint(str(tmp_path / "final"))
+    write_voc(str(tmp_path / "bench"), n=1)
+    args = [f"storage.root={tmp_path / 'runs'}", f"eval.data_root={tmp_path / 'bench'}"]
+    args += ["eval.benchmark=voc", "eval.protocol=sclip", "eval.overlays=0"]
+    args += ["eval.baselines=[naclip,all_background]", "eval.pamr=true"]
+    metrics = run_eval(load_config(None, args), final, lambda *_: None)
+    proto = metrics["protocol"]
+    assert metrics["protocol_name"] == "voc_sclip" and proto["pinned"]["family"] == "sclip"
+    assert proto["background_rules"] == ["argmax:0.1"] and proto["prob_scale"] == 40.0
+    assert (proto["pinned"]["short_side"], proto["pinned"]["window"]) == (336, 224)
+    assert proto["teacher_windows"] and proto["pamr"] and len(proto["templates"]) == 80
+    assert proto["class_synonyms"][15][:2] == ["person", "man"]
+    assert set(metrics["baselines"]) == {"naclip", "all_background"}
+    assert 0.0 <= metrics["baselines"]["naclip"]["miou"] <= 1.0
+
+
 def test_voc_eval_parts_metrics_report_and_resume(ray_local, tmp_path, capsys):
     final = write_random_checkpoint(str(tmp_path / "final"))
     ids = write_voc(str(tmp_path / "bench"), n=5)
@@ -34,10 +53,14 @@ def test_voc_eval_parts_metrics_report_and_resume(ray_local, tmp_path, capsys):
     assert metrics["protocol_version"] == metrics["protocol"]["version"] >= 2
     assert metrics["protocol"]["background_rules"] == ["threshold:0.95"]
     assert metrics["num_images"] == 5 and len(metrics["protocol"]["classes"]) == 21
+    # the toy teacher is a ViT: every training-free method is scored by default
     assert set(metrics["baselines"]) == {
         "grid_crop",
         "maskclip_dense",
         "dense_raw",
+        "sclip",
+        "clearclip",
+        "naclip",
         "all_background",
     }
     # three tasks of <= 2 images; their sum is what metrics.json reports

@@ -64,3 +64,19 @@ def test_table_keeps_the_config_order_and_marks_aliases():
     result["variants"]["base"] = _row(0.5)
     result["paper_order"] = paper_order(result["variants"])
     assert "does not hold here: base < multiscale: no" in format_table(result)
+
+
+def test_table_lists_the_training_free_methods_after_the_variants():
+    result = {
+        "cache": "/c",
+        "order": ["both"],
+        "variants": {"both": _row(0.3)},
+        "paper_order": None,
+        "baselines": {"all_background": 0.119, "naclip": 0.25, "grid_crop": 0.228},
+    }
+    rows = [r for r in format_table(result).splitlines() if "teacher only" in r]
+    assert rows == [
+        "| grid_crop | teacher only, no training | 22.8% | — | — |",
+        "| naclip | teacher only, no training | 25.0% | — | — |",
+        "| all_background | teacher only, no training | 11.9% | — | — |",
+    ]

@@ -44,6 +44,7 @@ def _protocol() -> dict:
         "tune_on_val": True,
         "prob_scale": 100.0,
         "input_size": "the student's",
+        "methods": list(METHODS),
     }
 
 

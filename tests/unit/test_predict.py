@@ -45,7 +45,16 @@ def test_methods_and_the_raw_dense_baseline():
     from zeroseg.inference import dense_score_map
     from zeroseg.teacher import Teacher
 
-    assert METHODS == ("student", "grid_crop", "maskclip_dense", "dense_raw", "all_background")
+    assert METHODS == (
+        "student",
+        "grid_crop",
+        "maskclip_dense",
+        "dense_raw",
+        "sclip",
+        "clearclip",
+        "naclip",
+        "all_background",
+    )
     assert BASELINES == METHODS[1:]
     torch.manual_seed(0)
     teacher = Teacher("zeroseg-toyclip", None)

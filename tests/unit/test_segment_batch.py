@@ -118,3 +118,49 @@ def test_class_names_and_inputs_errors(tmp_path):
     with pytest.raises(ValueError, match="background"):
         parse_classes("background,cat", None)
     assert expand_inputs([str(tmp_path / "*.jpg")]) == []
+
+
+def test_segment_with_a_training_free_method_and_no_student(tmp_path, capsys):
+    """The same outputs as the student path, from the shipped lab teacher alone; synonyms and
+    PAMR on the way."""
+    from zeroseg.data.shapes import render_scene
+
+    image = render_scene(np.random.default_rng(3)).image
+    Image.fromarray(image).save(tmp_path / "scene.png")
+    outputs = {}
+    for method, extra in (("naclip", []), ("sclip", ["--pamr"]), ("grid_crop", [])):
+        out = tmp_path / method
+        rc = main(
+            [
+                "segment",
+                str(tmp_path / "scene.png"),
+                "--classes",
+                "circle|round disc,square,star",
+                "--method",
+                method,
+                "--teacher",
+                "zeroseg-toyclip",
+                "--pretrained",
+                "shipped",
+                "--naclip-sigma",
+                "3",
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+                "--save-labels",
+                *extra,
+            ]
+        )
+        assert rc == 0
+        labels = np.load(out / "scene.npy")
+        assert labels.shape == (64, 64) and set(np.unique(labels)) <= {0, 1, 2, 3}
+        assert (out / "scene.png").is_file() and (out / "scene_labels.png").is_file()
+        outputs[method] = labels
+        assert f"wrote 1 overlay(s) to {out} ({method}, cpu)" in capsys.readouterr().out
+    assert not np.array_equal(outputs["naclip"], outputs["grid_crop"])
+    assert main(["segment", str(tmp_path / "scene.png"), "--classes", "star", "-o", "o"]) == 1
+    assert "a training-free method" in capsys.readouterr().err  # neither student nor teacher
+    empty = ["--classes", "star|", "--method", "naclip", "--teacher", "zeroseg-toyclip"]
+    assert main(["segment", str(tmp_path / "scene.png"), *empty, "-o", "o"]) == 1
+    assert "empty synonym" in capsys.readouterr().err

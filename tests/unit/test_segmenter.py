@@ -18,7 +18,7 @@ import zeroseg
 from tests.eval_fixtures import write_random_checkpoint
 from zeroseg.checkpoint import CONFIG, WEIGHTS, final_folder, read_final_config
 from zeroseg.models import create_student
-from zeroseg.predict import METHODS, method_cosines, text_embeddings
+from zeroseg.predict import baselines_for, method_cosines, text_embeddings
 from zeroseg.teacher import Teacher
 
 CLASSES = ["circle", "square", "star"]
@@ -133,9 +133,10 @@ def test_segmenter_maps_are_the_prediction_functions_maps(final):
     student = create_student(pretrained=final)
     teacher = Teacher(cfg["teacher"]["model"], cfg["teacher"]["pretrained"])
     text = text_embeddings(teacher, CLASSES, cfg["templates"])
-    assert torch.equal(seg.text_embeddings(CLASSES), text)
+    assert torch.equal(seg.text_embeddings(CLASSES)[0], text)
+    assert seg.text_embeddings(CLASSES)[1] is None  # one name per class
     image = _image(36, 60, seed=1)
-    for method in METHODS:
+    for method in ("student", *baselines_for(teacher.dense_modes)):
         ours = seg.cosines(image, CLASSES, method=method)
         theirs = method_cosines(
             method,
