@@ -103,7 +103,7 @@ class TeacherConfig:
     # Where `teacher-pretrain` caches toy teachers of other recipes (keyed by the recipe).
     cache_dir: str = "~/.cache/zeroseg/teachers"
     # Toy-teacher recipe: a step count and a seed (the shipped teacher's by default).
-    pretrain_steps: int = 3000
+    pretrain_steps: int = 6000
     pretrain_seed: int = 0
     # Extra toy-teacher recipe fields (see zeroseg.toy_teacher.ToyTeacherSettings).
     pretrain_overrides: dict[str, Any] = field(default_factory=dict)

@@ -65,7 +65,7 @@ class ToyTeacherSettings:
     ``steps`` (same learning rates, same batches), so a short run reproduces the first
     ``stop_at`` steps of the full one exactly."""
 
-    steps: int = 3000
+    steps: int = 6000
     stop_at: int | None = None
     batch: int = 128
     lr: float = 2e-3
@@ -74,9 +74,10 @@ class ToyTeacherSettings:
     aux_weight: float = 1.0  # supervised shape head on the image embedding (warm start)
     seed: int = 0
     pool_size: int = 48000
-    # views per pool generator: 0 draws the whole pool from one generator in order (the shipped
-    # teacher's recipe); > 0 renders chunks in parallel, on ``threads`` processes, to the same pool
-    pool_chunk: int = 0
+    # views per pool generator: > 0 renders seeded chunks in parallel, on ``threads`` processes,
+    # to the same pool whatever the process count (the shipped teacher's recipe); 0 draws the
+    # whole pool from one generator in order (the recipe of the teacher shipped before it)
+    pool_chunk: int = 2000
     single_fraction: float = 0.4  # share of the pool that is single objects
     background_fraction: float = 0.06  # share of scene views that may be background-only
     level_weights: tuple[float, float, float, float] = (0.1, 0.2, 0.3, 0.4)  # 1x1 .. 4x4 views
