@@ -135,6 +135,14 @@ def summarize(
     return out
 
 
+def _in_method_order(baselines: dict[str, Any]) -> list[tuple[str, Any]]:
+    """metrics.json sorts its keys; tables list the methods in :data:`BASELINE_METHODS` order."""
+    from zeroseg.config import BASELINE_METHODS
+
+    order = {m: i for i, m in enumerate(BASELINE_METHODS)}
+    return sorted(baselines.items(), key=lambda kv: order.get(kv[0], len(order)))
+
+
 def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = None) -> str:
     """The results table ``zeroseg run`` prints. ``ref``: the recorded run of the same job
     (``zeroseg/assets/reference_results.json``, looked up by ``summary["job"]`` unless
@@ -146,7 +154,7 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
         reference = reference_for(job) or {}
     ref = reference.get("miou_pct") or {}
     rows = [("student", summary["student"]["miou"], summary["student"]["rule"])]
-    rows += [(n, b["miou"], b["rule"]) for n, b in summary["baselines"].items()]
+    rows += [(n, b["miou"], b["rule"]) for n, b in _in_method_order(summary["baselines"])]
     lines = [f"{'method':<16} {'mIoU':>7} {'ref':>7}  background rule (chosen on val)", "-" * 60]
     lines += [f"{n:<16} {m * 100:6.1f}% {format_reference(ref.get(n)):>7}  {r}" for n, m, r in rows]
     if any(v is not None for v in ref.values()):
@@ -168,7 +176,7 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
             "and object sizes, another resolution; rules chosen on val)",
             f"{'method':<16} {'mIoU':>7} {'ref':>7}",
         ]
-        gen_rows = {"student": gen["student_miou"], **gen["baselines_miou"]}
+        gen_rows = {"student": gen["student_miou"], **dict(_in_method_order(gen["baselines_miou"]))}
         lines += [
             f"{n:<16} {m * 100:6.1f}% {format_reference(gref.get(n)):>7}"
             for n, m in gen_rows.items()
@@ -178,7 +186,7 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
         if name == summary["benchmark"]:
             continue
         lines += ["", f"benchmark {name} ({b['num_images']} images)", f"{'method':<16} {'mIoU':>7}"]
-        rows = {"student": b["student_miou"], **b["baselines_miou"]}
+        rows = {"student": b["student_miou"], **dict(_in_method_order(b["baselines_miou"]))}
         lines += [f"{n:<16} {m * 100:6.1f}%" for n, m in rows.items()]
     acc = summary.get("teacher_accuracy") or {}
     if acc:
