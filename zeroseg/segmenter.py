@@ -146,9 +146,10 @@ class Segmenter:
         method = method or self.method
         if method == "student" and self.student is None:
             raise ValueError("method 'student' needs a trained student (a checkpoint)")
+        array = as_rgb_array(image)
         cos = method_cosines(
             method,
-            as_rgb_array(image),
+            array,
             text,
             student=self.student,
             teacher=self.teacher,
@@ -166,7 +167,7 @@ class Segmenter:
         if self.pamr:
             from .pamr import pamr as refine
 
-            cos = refine(cos, as_rgb_array(image))
+            cos = refine(cos, array)
         return cos.cpu()
 
     def segment(
