@@ -6,6 +6,7 @@ import logging
 import os
 
 from zeroseg.config import Config
+from zeroseg.logs import quiet_named_loggers
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -14,6 +15,7 @@ def ensure_ray(cfg: Config) -> None:
 
     if ray.is_initialized():
         return
+    quiet_named_loggers()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     kwargs = {"logging_level": logging.WARNING, "log_to_driver": True}

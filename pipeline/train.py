@@ -177,6 +177,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
+    from zeroseg.logs import quiet_named_loggers
     from zeroseg.losses import target_center, view_indices
     from zeroseg.models import build_student
     from zeroseg.train_step import StepBatch, make_optimizer, step_settings, train_step
@@ -184,6 +185,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     from .cache_stream import check_manifest, make_source, partial_center_sum
     from .train_log import MetricsLog
 
+    quiet_named_loggers()
     loop = TrainLoopConfig.from_dict(config)
     tc = loop.train
     ctx = ray.train.get_context()

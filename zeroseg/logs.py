@@ -19,11 +19,21 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import sys
 from functools import cache
 
 VERBOSE_ENV = "ZEROSEG_VERBOSE"
 # Packages whose log records below ERROR are dropped unless verbose.
 QUIETED_PACKAGES = ("open_clip",)
+# Ray's Python loggers whose records below ERROR say nothing a zeroseg user acts on: the notice
+# that a local Ray enabled token authentication, Ray Data's "progress bars disabled" (we draw
+# our own), and Ray Train's "Reporting training result ..." at every checkpoint (we log ours).
+QUIETED_LOGGERS = (
+    "ray._private.authentication.authentication_token_setup",
+    "ray.data._internal.progress",
+)
+# Loggers named by their module's file path (``logging.getLogger(__file__)``): package, file
+QUIETED_FILE_LOGGERS = (("ray", "train/v2/_internal/execution/context.py"),)
 
 
 def verbose() -> bool:
@@ -63,6 +73,26 @@ class QuietThirdParty(logging.Filter):
 
 
 _FILTER = QuietThirdParty()
+
+
+def quiet_named_loggers() -> None:
+    """Raise :data:`QUIETED_LOGGERS` to ERROR, or back to their default in verbose mode. Called
+    where Ray is started and in each training worker (the loggers live per process)."""
+    level = logging.NOTSET if verbose() else logging.ERROR
+    for name in quieted_logger_names():
+        logging.getLogger(name).setLevel(level)
+
+
+def quieted_logger_names() -> list[str]:
+    """:data:`QUIETED_LOGGERS` plus the path-named ones of packages already imported (a
+    package not imported yet has logged nothing; importing it here would pull Ray into the
+    library)."""
+    names = list(QUIETED_LOGGERS)
+    for package, relative in QUIETED_FILE_LOGGERS:
+        module = sys.modules.get(package)
+        if module is not None and getattr(module, "__file__", None):
+            names.append(os.path.join(os.path.dirname(module.__file__), relative))
+    return names
 
 
 def quiet_third_party_logs() -> None:

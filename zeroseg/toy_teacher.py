@@ -205,21 +205,38 @@ def eval_sets(
     while len(cells) < n:
         sc = render_scene(rng, world)
         img = to_float(sc.image)
-        for x0, y0, x1, y1 in boxes:
-            sub = sc.instances[y0:y1, x0:x1]
-            counts = np.bincount(sub.ravel(), minlength=len(sc.objects) + 1)[1:] / sub.size
-            if not len(counts):
-                continue
-            top = int(counts.argmax())
-            rest = np.delete(counts, top)
-            outline = min_background <= 0 or 1.0 - counts.sum() >= min_background
-            inside = counts[top] * sub.size / max(sc.objects[top].pixels, 1) >= min_inside
-            if counts[top] >= min_cover and rest.max(initial=0) <= 0.03 and outline and inside:
-                cells.append(img[:, y0:y1, x0:x1])
-                yc.append(SHAPES.index(sc.objects[top].shape))
+        for (x0, y0, x1, y1), top in one_object_cells(
+            sc, boxes, min_cover, min_background, min_inside
+        ):
+            cells.append(img[:, y0:y1, x0:x1])
+            yc.append(SHAPES.index(sc.objects[top].shape))
             if len(cells) >= n:
                 break
     return torch.stack(singles), torch.tensor(ys), torch.stack(cells), torch.tensor(yc)
+
+
+def one_object_cells(
+    scene,
+    boxes: Sequence[Sequence[int]],
+    min_cover: float = 0.3,
+    min_background: float = 0.0,
+    min_inside: float = 0.0,
+) -> list[tuple[tuple[int, int, int, int], int]]:
+    """The ``(box, object index)`` of every cell of ``scene`` that shows one object in the sense
+    of :func:`eval_sets` (shared with the cell-ceiling bench, which must pick the same cells)."""
+    out = []
+    for x0, y0, x1, y1 in boxes:
+        sub = scene.instances[y0:y1, x0:x1]
+        counts = np.bincount(sub.ravel(), minlength=len(scene.objects) + 1)[1:] / sub.size
+        if not len(counts):
+            continue
+        top = int(counts.argmax())
+        rest = np.delete(counts, top)
+        outline = min_background <= 0 or 1.0 - counts.sum() >= min_background
+        inside = counts[top] * sub.size / max(scene.objects[top].pixels, 1) >= min_inside
+        if counts[top] >= min_cover and rest.max(initial=0) <= 0.03 and outline and inside:
+            out.append(((x0, y0, x1, y1), top))
+    return out
 
 
 def _clip_range(r: tuple[float, float], world: WorldSettings) -> tuple[float, float]:
