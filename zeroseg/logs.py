@@ -27,10 +27,13 @@ VERBOSE_ENV = "ZEROSEG_VERBOSE"
 QUIETED_PACKAGES = ("open_clip",)
 # Ray's Python loggers whose records below ERROR say nothing a zeroseg user acts on: the notice
 # that a local Ray enabled token authentication, Ray Data's "progress bars disabled" (we draw
-# our own), and Ray Train's "Reporting training result ..." at every checkpoint (we log ours).
+# our own), Ray Data's "Dataset ... execution finished in N seconds" (our extract summary says
+# it with numbers), and Ray Train's "Reporting training result ..." at every checkpoint (we log
+# ours).
 QUIETED_LOGGERS = (
     "ray._private.authentication.authentication_token_setup",
     "ray.data._internal.progress",
+    "ray.data._internal.execution.streaming_executor",
 )
 # Loggers named by their module's file path (``logging.getLogger(__file__)``): package, file
 QUIETED_FILE_LOGGERS = (("ray", "train/v2/_internal/execution/context.py"),)

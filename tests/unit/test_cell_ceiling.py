@@ -13,9 +13,7 @@ from zeroseg.data.shapes import WorldSettings
 def test_the_bench_draws_exactly_the_goals_cells_with_their_object_masks():
     world = WorldSettings()
     _, _, cells, labels = tt.eval_sets(world, 40)
-    images, masks, mask_labels = cell_masks(
-        world, 40, np.random.default_rng([tt.EVAL_SEED, 2]), {}
-    )
+    images, masks, mask_labels = cell_masks(world, 40, np.random.default_rng([tt.EVAL_SEED, 2]), {})
     assert torch.equal(images, cells) and torch.equal(mask_labels, labels)
     assert masks.dtype == torch.bool and masks.shape == (40, 16, 16)
     cover = masks.flatten(1).float().mean(1)

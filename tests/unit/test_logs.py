@@ -72,14 +72,16 @@ def test_cli_verbose_flag_before_or_after_the_command(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize("verbose_env", ["0", "1"])
 def test_rays_chatty_loggers_are_raised_to_error_unless_verbose(monkeypatch, verbose_env):
-    """Ray's token-auth notice, Ray Data's "progress bars disabled" and Ray Train's per-report
-    line are dropped in a normal run and come back with --verbose."""
+    """Ray's token-auth notice, Ray Data's "progress bars disabled" and "execution finished",
+    and Ray Train's per-report line are dropped in a normal run and come back with --verbose."""
+    import ray.data._internal.execution.streaming_executor as data_executor
     import ray.train.v2._internal.execution.context as report_module
 
     monkeypatch.setenv(logs.VERBOSE_ENV, verbose_env)
     logs.quiet_named_loggers()
     names = logs.quieted_logger_names()
     assert report_module.logger.name in names  # Ray Train names this logger by its file path
+    assert data_executor.logger.name in names  # "Dataset ... execution finished in N seconds"
     for name in names:
         logger = logging.getLogger(name)
         assert logger.isEnabledFor(logging.WARNING) is (verbose_env == "1"), name
