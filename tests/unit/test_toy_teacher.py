@@ -205,6 +205,30 @@ def test_teacher_pretrain_continues_a_piece_and_never_takes_it_for_the_whole_run
     assert "cached toy teacher" in logs[0]
 
 
+def test_a_run_of_the_shipped_recipe_compares_with_the_record_on_every_accuracy():
+    """A run of the shipped recipe (a piece or the whole schedule) carries every accuracy its
+    curve measured, and the comparison with the shipped record covers each of them, including
+    the ones the record gained later (a run of 6000 steps once stopped here with a KeyError)."""
+    from pipeline.teachers import compare_with_shipped, run_accuracy
+
+    record = shipped_record()
+    for point in (record["curve"][0], record["curve"][-1]):
+        result = {"curve": [*record["curve"][:1], point]}
+        acc = run_accuracy(result, {"cell_outline": 0.5})
+        assert set(acc) == (set(point) - {"step"}) | {"cell_outline"}
+        info = {"recipe": record["recipe"], "steps": point["step"], "accuracy": acc}
+        info["sha256"] = record["sha256"]
+        logs: list[str] = []
+        cmp = compare_with_shipped(info, logs.append)
+        assert cmp["points"] == {k: 0.0 for k in point if k != "step"}, cmp
+        assert cmp["identical_weights"] is (True if point["step"] == record["steps"] else None)
+        assert "cell_whole +0.0 pt" in logs[0]
+    partial = {"recipe": record["recipe"], "steps": record["steps"], "accuracy": {"cell": 0.0}}
+    assert compare_with_shipped(partial, lambda m: None)["points"] == {
+        "cell": round(-100 * record["curve"][-1]["cell"], 2)
+    }
+
+
 def test_pretrain_to_memory_uri():
     s = ToyTeacherSettings(steps=2, **{**TINY, "eval_every": 0})
     r = pretrain("memory://toy-teacher/ckpt.safetensors", s, progress=False, log=lambda m: None)
