@@ -23,7 +23,10 @@ import time
 import numpy as np
 import torch
 
-from bench.measures import emitter
+try:
+    from bench.measures import emitter  # imported as bench.<name> (the tests)
+except ModuleNotFoundError:
+    from measures import emitter  # run as a script: bench/, the script's own folder
 from zeroseg import toy_teacher as tt
 from zeroseg.data.shapes import SHAPES, WorldSettings, render_scene
 from zeroseg.views import grid_pixel_boxes
