@@ -168,10 +168,26 @@ def machine() -> dict[str, Any]:
 
     return {
         "platform": platform.platform(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
+        "kernels": torch.backends.cpu.get_cpu_capability(),  # the instruction set torch picked
         "torch": torch.__version__,
         "torch_threads_recipe": "fixed by the recipe's `threads`",
     }
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux reports it in /proc/cpuinfo; elsewhere what Python knows)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def outline_cell_accuracy(weights: str, settings) -> dict[str, float]:

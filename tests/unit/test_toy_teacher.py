@@ -229,6 +229,16 @@ def test_a_run_of_the_shipped_recipe_compares_with_the_record_on_every_accuracy(
     }
 
 
+def test_a_teachers_record_names_the_cpu_kind_and_kernels_it_was_trained_with():
+    """Another CPU kind trains the same recipe to other weights, so the record says which."""
+    import torch
+
+    from pipeline.teachers import machine
+
+    m = machine()
+    assert m["cpu"] and m["kernels"] == torch.backends.cpu.get_cpu_capability()
+
+
 def test_pretrain_to_memory_uri():
     s = ToyTeacherSettings(steps=2, **{**TINY, "eval_every": 0})
     r = pretrain("memory://toy-teacher/ckpt.safetensors", s, progress=False, log=lambda m: None)
