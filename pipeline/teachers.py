@@ -220,13 +220,17 @@ def compare_with_shipped(info: dict[str, Any], log=print) -> dict[str, Any] | No
         return None
     acc = info["accuracy"]
     diff = {k: round(100 * (acc[k] - ref[k]), 2) for k in ref if k != "step" and k in acc}
+    # a record of an older release may lack an accuracy this one measures, or the other way
+    # round: say which ones, rather than compare fewer without a word
+    unmatched = sorted({k for k in ref if k != "step"} ^ set(acc))
     same = info.get("sha256") == record["sha256"] if step == record["steps"] else None
     log(
         f"[teacher] against the shipped teacher's record at step {step}: "
         + ", ".join(f"{k} {v:+.1f} pt" for k, v in diff.items())
         + ("" if same is None else f"; weights identical: {'yes' if same else 'no'}")
+        + (f"; not in both, so not compared: {', '.join(unmatched)}" if unmatched else "")
     )
-    return {"step": step, "points": diff, "identical_weights": same}
+    return {"step": step, "points": diff, "identical_weights": same, "not_compared": unmatched}
 
 
 def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:

@@ -223,10 +223,13 @@ def test_a_run_of_the_shipped_recipe_compares_with_the_record_on_every_accuracy(
         assert cmp["points"] == {k: 0.0 for k in point if k != "step"}, cmp
         assert cmp["identical_weights"] is (True if point["step"] == record["steps"] else None)
         assert "cell_whole +0.0 pt" in logs[0]
+        # the record's curve never measured the outline cells: said, not silently dropped
+        assert cmp["not_compared"] == ["cell_outline"]
+        assert "not compared: cell_outline" in logs[0]
     partial = {"recipe": record["recipe"], "steps": record["steps"], "accuracy": {"cell": 0.0}}
-    assert compare_with_shipped(partial, lambda m: None)["points"] == {
-        "cell": round(-100 * record["curve"][-1]["cell"], 2)
-    }
+    cmp = compare_with_shipped(partial, lambda m: None)
+    assert cmp["points"] == {"cell": round(-100 * record["curve"][-1]["cell"], 2)}
+    assert cmp["not_compared"] == sorted(set(record["curve"][-1]) - {"step", "cell"})
 
 
 def test_a_teachers_record_names_the_cpu_kind_and_kernels_it_was_trained_with():
