@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 
 import numpy as np
@@ -39,6 +38,7 @@ from zeroseg.toy_teacher import (
     ToyTeacherSettings,
     _augment,
     lab_eval_sets,
+    lr_at,
 )
 from zeroseg.toy_vit import toy_vit
 from zeroseg.views import resize_views
@@ -107,6 +107,8 @@ def main() -> None:
     pixels = (resize_views(x_train, size).clamp(0, 1) * 255).round().to(torch.uint8)
     opt = torch.optim.AdamW(tower.parameters(), lr=args.lr, weight_decay=0.05, betas=(0.9, 0.98))
     gen = torch.Generator().manual_seed(args.seed)
+    # the teacher recipe's schedule: linear warm-up, then cosine to zero at the last step
+    schedule = ToyTeacherSettings(steps=args.steps, lr=args.lr, warmup_steps=args.warmup)
 
     def accuracy(x: torch.Tensor, y: torch.Tensor) -> float:
         tower.eval()
@@ -120,13 +122,8 @@ def main() -> None:
 
     print(f"cells ready in {time.perf_counter() - t0:.0f}s", flush=True)
     for step in range(args.steps):
-        if step < args.warmup:
-            lr = args.lr * (step + 1) / args.warmup
-        else:
-            t = (step - args.warmup) / max(args.steps - args.warmup, 1)
-            lr = args.lr * 0.5 * (1 + math.cos(math.pi * t))
         for g in opt.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr_at(step, schedule)
         idx = torch.randint(len(pixels), (128,), generator=gen)
         x = _augment(pixels[idx].float() / 255, gen)
         z = F.normalize(tower((x - mean) / std), dim=-1)
