@@ -19,6 +19,11 @@ from .runner import code_version, now, write_run_info
 
 # Config sections a variant may change: anything else could change the cache or the data.
 VARIANT_SECTIONS = ("train", "student", "eval")
+# World keys a variant may change too: a scaling study trains on more scenes of the same world.
+# Each world size gets its own cache (extracted once, shared by every variant of that size), and
+# its own training split, which the job must name after the size (jobs/scaling.yaml:
+# data.train=${storage.root}/data/train-${world.n_train}), so two sizes never share a folder.
+VARIANT_WORLD_KEYS = ("world.n_train",)
 
 # The paper's loss ablation (VOC mIoU 21.1 < 28.5 < 38.6 <= 40.8) as variant names.
 PAPER_ORDER = ("base", "multiscale", "matching", "both")
@@ -32,6 +37,8 @@ def variant_configs(path: str | None, overrides: list[str], base: Config) -> dic
     for name, extra in base.ablation.variants.items():
         for item in extra:
             key = item.split("=", 1)[0].strip()
+            if key in VARIANT_WORLD_KEYS:
+                continue
             if key.split(".", 1)[0] not in VARIANT_SECTIONS:
                 raise ConfigError(
                     f"ablation.variants.{name}: {key!r} would change the shared cache or data; "
@@ -41,8 +48,72 @@ def variant_configs(path: str | None, overrides: list[str], base: Config) -> dic
             cfg = load_config(path, [*overrides, *extra, f"train.name={base.train.name}-{name}"])
         except ConfigError as exc:
             raise ConfigError(f"ablation.variants.{name}: {exc}") from None
+        if cfg.world.n_train != base.world.n_train and cfg.data.train == base.data.train:
+            raise ConfigError(
+                f"ablation.variants.{name}: world.n_train={cfg.world.n_train} would reuse the "
+                f"training split {base.data.train} of {base.world.n_train} scenes; name the split "
+                "after its size, e.g. data.train=${storage.root}/data/train-${world.n_train}"
+            )
         out[name] = cfg
     return out
+
+
+def scaling_checks(rows: dict[str, dict[str, Any]], tolerance: float = 0.005) -> dict | None:
+    """Whether the student gets no worse as data or epochs grow: along every chain of variants
+    that differ only in scenes (at equal epochs) or only in epochs (at equal scenes), each
+    mIoU is at least the previous one minus ``tolerance``. None unless something grows."""
+    chains: list[tuple[str, list[str]]] = []
+    for fixed, grows in (("epochs", "n_train"), ("n_train", "epochs")):
+        groups: dict[Any, list[str]] = {}
+        for name, r in rows.items():
+            if "n_train" in r and not r.get("same_as"):
+                groups.setdefault((r[fixed], r["recipe"]), []).append(name)
+        for (value, _), names in sorted(groups.items(), key=lambda kv: str(kv[0])):
+            names = sorted(names, key=lambda n: rows[n][grows])
+            if len({rows[n][grows] for n in names}) > 1:
+                label = "scenes" if grows == "n_train" else "epochs"
+                chains.append((f"{label} at {fixed.replace('n_train', 'scenes')}={value}", names))
+    if not chains:
+        return None
+    checks = {}
+    for label, names in chains:
+        steps = [
+            rows[b]["miou"] >= rows[a]["miou"] - tolerance for a, b in zip(names[:-1], names[1:])
+        ]
+        checks[f"{label}: {' -> '.join(names)}"] = all(steps)
+    return {"holds": all(checks.values()), "checks": checks, "tolerance": tolerance}
+
+
+def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
+    """mIoU against training samples seen, one line per world size (epochs grow along it)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    sizes = sorted({r["n_train"] for r in rows.values() if "n_train" in r})
+    for n in sizes:
+        pts = sorted(
+            (r["samples_seen"], r["miou"] * 100, name)
+            for name, r in rows.items()
+            if r.get("n_train") == n and not r.get("same_as")
+        )
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{n} scenes")
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training samples seen")
+    ax.set_ylabel("student mIoU (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
 
 
 def recipe_key(cfg: Config) -> str:
@@ -51,6 +122,20 @@ def recipe_key(cfg: Config) -> str:
     train = {k: v for k, v in d["train"].items() if k != "name"}
     train["view_levels"] = sorted(train["view_levels"] or cfg.views.levels)
     return json.dumps([train, d["student"], d["eval"]], sort_keys=True)
+
+
+def _without_scale(cfg: Config) -> str:
+    """The variant's recipe with its epochs left out (scenes are not in the recipe key)."""
+    import dataclasses
+
+    return recipe_key(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0)))
+
+
+def trained_steps(final_uri: str) -> int:
+    """The optimizer steps a finished run took: its last logged step."""
+    text = storage.read_bytes(storage.join(final_uri, "metrics.jsonl")).decode()
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    return max((int(r["step"]) for r in rows if "step" in r), default=0)
 
 
 def train_throughput(final_uri: str) -> float:
@@ -104,8 +189,29 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"Paper ordering (base < +multi-scale < +matching <= both) {verdict} here: {detail}."
         )
+    scaling = result.get("scaling")
+    if scaling is not None:
+        lines.append("")
+        lines.append("| variant | scenes | epochs | steps | samples seen | student mIoU |")
+        lines.append("|---|---|---|---|---|---|")
+        for name in result["order"]:
+            r = result["variants"][name]
+            if "n_train" in r and not r.get("same_as"):
+                lines.append(
+                    f"| {name} | {r['n_train']} | {r['epochs']} | {r['steps']} | "
+                    f"{r['samples_seen']} | {r['miou'] * 100:.1f}% |"
+                )
+        verdict = "holds" if scaling["holds"] else "does not hold"
+        tol = scaling["tolerance"] * 100
+        lines.append("")
+        lines.append(f"No drop of more than {tol:.1f} points as data or epochs grow: {verdict}.")
+        lines += [f"- {k}: {'yes' if v else 'no'}" for k, v in scaling["checks"].items()]
+    caches = sorted({r.get("cache", result["cache"]) for r in result["variants"].values()})
     lines.append("")
-    lines.append(f"All variants trained on one cache: `{result['cache']}`.")
+    if len(caches) == 1:
+        lines.append(f"All variants trained on one cache: `{caches[0]}`.")
+    else:
+        lines.append("One cache per world size: " + ", ".join(f"`{c}`" for c in caches) + ".")
     return "\n".join(lines)
 
 
@@ -116,23 +222,33 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
     out_uri = storage.join(base.storage.root, "ablation")
     storage.makedirs(out_uri)
     write_run_info(out_uri, "ablation", config_to_dict(base))
-    upstream = run_stages(base, ["extract"], log, world=True)
+    caches: dict[str, Any] = {}  # one extraction per world size, shared by its variants
+
+    def upstream_of(cfg: Config):
+        key = json.dumps([config_to_dict(cfg)[k] for k in ("world", "data")], sort_keys=True)
+        if key not in caches:
+            caches[key] = run_stages(cfg, ["extract"], log, world=True)
+            log(f"[ablation] teacher cache of {cfg.world.n_train} scenes: {caches[key].cache}")
+        return caches[key]
+
+    upstream = upstream_of(base)
     cache = upstream.cache
-    log(f"[ablation] teacher cache extracted once: {cache}")
-    log(f"[ablation] {len(variants)} variants, all training on this cache")
+    log(f"[ablation] {len(variants)} variants, each on the cache of its world size")
     rows: dict[str, dict[str, Any]] = {}
     seen: dict[str, str] = {}
     for i, (name, cfg) in enumerate(variants.items(), start=1):
-        same = seen.setdefault(recipe_key(cfg), name)
+        same = seen.setdefault(recipe_key(cfg) + str(cfg.world.n_train), name)
         if same != name:
             log(f"[ablation] variant {i}/{len(variants)} {name!r}: the same recipe as {same!r}")
             rows[name] = {**rows[same], "overrides": list(base.ablation.variants[name])}
             rows[name]["same_as"] = same
             continue
-        log(f"[ablation] variant {i}/{len(variants)} {name!r}: reusing cache {cache}")
-        out = run_stages(cfg, ["train", "eval"], log, cache=cache, teacher=upstream.teacher)
+        up = upstream_of(cfg)
+        log(f"[ablation] variant {i}/{len(variants)} {name!r}: reusing cache {up.cache}")
+        out = run_stages(cfg, ["train", "eval"], log, cache=up.cache, teacher=up.teacher)
         final, train_s = out.final, out.timings["train"]
         metrics = next(iter(out.metrics.values()))
+        steps = trained_steps(final)
         rows[name] = {
             "overrides": list(base.ablation.variants[name]),
             "miou": metrics["student"]["miou"],
@@ -141,6 +257,13 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
             "samples_per_s": train_throughput(final),
             "train_s": train_s,
             "checkpoint": final,
+            "cache": up.cache,
+            "n_train": cfg.world.n_train,
+            "epochs": cfg.train.epochs,
+            "steps": steps,
+            "samples_seen": steps * cfg.train.batch_size,
+            # what else the variant changes: chains of scenes or epochs compare like with like
+            "recipe": _without_scale(cfg),
         }
         log(
             f"[ablation] {name}: student mIoU {rows[name]['miou'] * 100:.1f}%, "
@@ -151,11 +274,16 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         "order": list(rows),  # the JSON file sorts keys; this keeps the config's order
         "variants": rows,
         "paper_order": paper_order(rows),
+        "scaling": scaling_checks(rows),
         "baselines": {k: v["miou"] for k, v in metrics["baselines"].items()},
         "code": code_version(),
         "created_at": now(),
     }
     table = format_table(result)
+    if result["scaling"] is not None:
+        plot = storage.join(out_uri, "scaling.png")
+        storage.write_bytes(plot, scaling_plot_png(rows))
+        result["plot"] = plot
     storage.write_json(storage.join(out_uri, "ablation.json"), result)
     storage.write_text(storage.join(out_uri, "ablation.md"), table + "\n")
     log("\n" + table)

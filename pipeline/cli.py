@@ -276,6 +276,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "student-pretrain",
+        help="a label-free start for the student's encoder: MAE on the training images",
+        description=(
+            "Pretrain the config's student encoder (and its MAE decoder) label-free: 75%% of "
+            "every training image's patches hidden and reconstructed, as MAE does, from "
+            "data.train alone (no labels, no teacher). Writes encoder.safetensors (timm / MAE "
+            "names, the recipe in its header) and pretrain.json (recipe, loss curve) to --out; "
+            "student.init=<out>/encoder.safetensors starts a student from it, as it starts one "
+            "from any timm, MAE or open_clip ViT checkpoint. The same command gives the same "
+            "weights on the same machine."
+        ),
+        epilog=(
+            "examples:\n"
+            "  zeroseg student-pretrain --config jobs/quality_mae.yaml --out runs/mae\n"
+            "  zeroseg student-pretrain --config jobs/quality_mae.yaml --out runs/mae --steps 500\n"
+            "  zeroseg run --config jobs/quality_mae.yaml student.init=runs/mae/encoder.safetensors"
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(p)
+    p.add_argument("--out", required=True, help="output folder (any fsspec URL)")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps (default 3000)")
+    p.add_argument("--batch", type=int, default=128, help="images per step (default 128)")
+    p.add_argument("--lr", type=float, default=1.5e-3, help="peak learning rate (default 1.5e-3)")
+    p.add_argument(
+        "--mask-ratio", type=float, default=0.75, help="share of patches hidden (default 0.75)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of init, batches and masks")
+
+    p = sub.add_parser(
         "status",
         help="progress of a stage folder or a whole storage.root, read from storage",
         description=(
@@ -539,6 +569,26 @@ def _dispatch(args, parser) -> int:
 
             storage.check_output_folder(args.out, "--out")
         pretrain_toy_teacher(cfg, force=args.force, out_dir=args.out, stop_at=args.stop_at)
+        return 0
+
+    if cmd == "student-pretrain":
+        from zeroseg import storage
+        from zeroseg.mae_pretrain import MAESettings
+
+        from .student_pretrain import pretrain_student
+
+        try:
+            settings = MAESettings(
+                steps=args.steps,
+                batch=args.batch,
+                lr=args.lr,
+                mask_ratio=args.mask_ratio,
+                seed=args.seed,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"student-pretrain: {exc}") from None
+        storage.check_output_folder(args.out, "--out")
+        pretrain_student(cfg, args.out, settings)
         return 0
 
     if cmd == "train" and args.dry_run:

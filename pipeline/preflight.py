@@ -61,6 +61,8 @@ def preflight(cfg: Config, stage: str) -> None:
         check_readable_folder(cfg.data.train, "data.train")
     if stage == "run" and not cfg.world.generate:
         check_readable_folder(cfg.data.bench, "data.bench")
+    if stage in ("train", "run", "ablate") and cfg.student.init:
+        check_readable_folder(cfg.student.init, "student.init")
     if stage == "eval":
         from zeroseg.config import eval_benchmarks
 

@@ -162,6 +162,9 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
         lines.append(f"ref: the recorded fresh-clone run of job {job!r} ({machine})")
     else:
         lines.append(f"ref: no recorded numbers for job {job!r} yet")
+    over = summary.get("seeds")
+    if over:
+        lines.append(_seed_line("student", over["student_miou"], over["seeds"]))
     per = summary["student"]["per_class"]
     lines.append(
         "student per-class IoU: "
@@ -181,6 +184,8 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
             f"{n:<16} {m * 100:6.1f}% {format_reference(gref.get(n)):>7}"
             for n, m in gen_rows.items()
         ]
+        if over and "generalisation_student_miou" in over:
+            lines.append(_seed_line("student", over["generalisation_student_miou"], over["seeds"]))
         lines.append(f"the student keeps {gen['student_retention']:.0%} of its benchmark mIoU")
     for name, b in (summary.get("benchmarks") or {}).items():
         if name == summary["benchmark"]:
@@ -197,6 +202,15 @@ def format_table(summary: dict[str, Any], reference: dict[str, Any] | None = Non
         "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in summary["timings_s"].items())
     )
     return "\n".join(lines)
+
+
+def _seed_line(name: str, stats: dict[str, Any], seeds: list[int]) -> str:
+    per = ", ".join(f"{v * 100:.1f}" for v in stats["per_seed"])
+    return (
+        f"{name + f' ({len(seeds)} seeds)':<16} {stats['mean'] * 100:6.1f}% mean, "
+        f"std {stats['std'] * 100:.1f}, range {stats['min'] * 100:.1f}-{stats['max'] * 100:.1f} "
+        f"(seeds {', '.join(map(str, seeds))}: {per}; the row above is seed {seeds[0]})"
+    )
 
 
 @dataclass
@@ -334,15 +348,62 @@ def run_stages(
     return out
 
 
+def seed_config(cfg: Config, seed: int, baselines: bool) -> Config:
+    """The single-seed run of ``seed`` (its own run folder, as ``train.seed=<seed>`` gives);
+    without ``baselines`` its eval scores the student and the floor only (the teacher-only
+    methods do not depend on the student's seed)."""
+    import dataclasses
+
+    train = dataclasses.replace(cfg.train, seed=seed, seeds=[])
+    ev = cfg.eval if baselines else dataclasses.replace(cfg.eval, baselines=["all_background"])
+    return dataclasses.replace(cfg, train=train, eval=ev)
+
+
+def seed_summary(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation and range of the students' mIoU over seeds (and of their
+    generalisation-split mIoU where it was scored)."""
+    import statistics
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+        }
+
+    out: dict[str, Any] = {"seeds": list(per_seed)}
+    bench = [m["student"]["miou"] for m in per_seed.values()]
+    out["student_miou"] = {"per_seed": bench, **stats(bench)}
+    gens = [generalisation_summary(m) for m in per_seed.values()]
+    if all(gens):
+        values = [g["student_miou"] for g in gens]
+        out["generalisation_student_miou"] = {"per_seed": values, **stats(values)}
+    return out
+
+
 def run_all(cfg: Config, log=print) -> dict[str, Any]:
-    """``zeroseg run``: every stage, then ``summary.json`` and the results table."""
+    """``zeroseg run``: every stage, then ``summary.json`` and the results table; with
+    ``train.seeds``, one student per seed on the one cache and their mean and spread."""
     t_all = time.perf_counter()
     write_run_info(cfg.storage.root, "run", config_to_dict(cfg))
-    out = run_stages(cfg, STAGES, log, world=True)
+    seeds = list(cfg.train.seeds)
+    out = run_stages(seed_config(cfg, seeds[0], True) if seeds else cfg, STAGES, log, world=True)
+    per_seed = {seeds[0]: next(iter(out.metrics.values()))} if seeds else {}
+    for i, seed in enumerate(seeds[1:], start=2):
+        log(f"[run] seed {seed} ({i}/{len(seeds)}): another student on the same cache")
+        more = run_stages(
+            seed_config(cfg, seed, False), ["train", "eval"], log, out.cache, teacher=out.teacher
+        )
+        per_seed[seed] = next(iter(more.metrics.values()))
+        for k, v in more.timings.items():
+            out.timings[k] = out.timings.get(k, 0.0) + v
     timings = {k: out.timings.get(k, 0.0) for k in ("world", "teacher", "ray_start", *STAGES)}
     timings["total"] = time.perf_counter() - t_all
     first, *_ = out.metrics.values()
     summary = summarize(first, out.teacher, out.final, timings, cfg.train.name, out.metrics)
+    if seeds:
+        summary["seeds"] = seed_summary(per_seed)
     storage.write_json(storage.join(cfg.storage.root, "summary.json"), summary)
     log("\n" + format_table(summary))
     log(f"\nsummary: {storage.join(cfg.storage.root, 'summary.json')}")

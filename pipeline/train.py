@@ -39,6 +39,7 @@ from .runner import (
 # it changes the effective batch and the data order.)
 OPERATIONAL_KEYS = (
     "name",
+    "seeds",  # a list of runs to make, each fingerprinted by its own train.seed
     "cpus_per_worker",
     "use_gpu",
     "resource_label",
@@ -69,7 +70,10 @@ def train_fingerprint(cfg: Config, cache_fp: str) -> str:
     for k, default in LATER_RECIPE_DEFAULTS.items():
         if t.get(k) == default:
             t.pop(k)
-    return fingerprint({"cache": cache_fp, "student": config_to_dict(cfg)["student"], "train": t})
+    student = config_to_dict(cfg)["student"]
+    if not student.get("init"):  # added later: a run without an init keeps its folder
+        student.pop("init", None)
+    return fingerprint({"cache": cache_fp, "student": student, "train": t})
 
 
 def run_dir(cfg: Config, cache_fp: str) -> tuple[str, str]:
@@ -131,6 +135,7 @@ class TrainLoopConfig:
     expected: dict[str, Any]  # the manifest fields the cache must match
     reader: str  # "memory" or "stream"
     threads: int  # torch threads per worker
+    init: str = ""  # student.init: a pretrained ViT encoder to start from
 
     @classmethod
     def build(
@@ -158,6 +163,7 @@ class TrainLoopConfig:
             expected=expected_manifest(cfg, embed_dim),
             reader=reader,
             threads=max(1, int(cfg.train.cpus_per_worker)),
+            init=cfg.student.init,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,6 +230,12 @@ def _train_loop(config: dict[str, Any]) -> None:
     model = build_student(loop.student, embed_dim=loop.embed_dim)
     if model.cfg.stem == "teacher":  # a frozen copy of the trained teacher tower
         model.patch_embed.load_teacher(loop.teacher_model, loop.teacher_pretrained)
+    if loop.init:  # every rank loads the same weights (a resumed run overwrites them below)
+        from zeroseg.models.encoder_init import load_encoder_init
+
+        report = load_encoder_init(model, loop.init)
+        if rank == 0:
+            print(f"[train] {report.summary()}")
     opt = make_optimizer(model, settings)
     step, history, center = 0, [], None
     ckpt = ray.train.get_checkpoint()

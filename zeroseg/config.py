@@ -155,6 +155,10 @@ class StudentConfig:
     # Held flat (zeroseg.student_config.flat_student_config): either spelling resolves, and so
     # fingerprints, the same.
     overrides: dict[str, Any] = field(default_factory=dict)
+    # A pretrained ViT encoder to start from (zeroseg.models.encoder_init): a timm, MAE or
+    # open_clip checkpoint, or the output of `zeroseg student-pretrain`, on any fsspec URI.
+    # Empty: the encoder starts from random weights.
+    init: str = ""
 
     def __post_init__(self) -> None:
         if self.overrides:
@@ -180,6 +184,10 @@ class TrainConfig:
     use_gpu: bool = False
     checkpoint_every_steps: int = 100
     seed: int = 0
+    # `zeroseg run` only: train and score one student per seed on the one cache and report
+    # their mean and spread (the first seed's student is the run's checkpoint and overlays).
+    # Empty: train.seed alone. Each seed's run is the single-seed run of train.seed=<seed>.
+    seeds: list[int] = field(default_factory=list)
     w_multiscale: float = 1.0
     w_matching: float = 1.0
     w_recon: float = 1.0
@@ -474,6 +482,9 @@ def _check(cfg: Config) -> None:
             problems.append(("eval.background_rules", why))
     if not cfg.eval.background_rules:
         problems.append(("eval.background_rules", "must not be empty"))
+    seeds = cfg.train.seeds
+    if any(not isinstance(x, int) or x < 0 for x in seeds) or len(set(seeds)) != len(seeds):
+        problems.append(("train.seeds", f"must be distinct non-negative integers, got {seeds}"))
     problems.extend(_eval_problems(cfg.eval))
     problems.extend(_student_problems(cfg))
     if problems:
@@ -488,6 +499,7 @@ def _location_problems(cfg: Config) -> list[tuple[str, str]]:
         "storage.root": cfg.storage.root,
         **{f"data.{k}": getattr(cfg.data, k) for k in ("train", "val", "bench", "generalisation")},
         "teacher.cache_dir": cfg.teacher.cache_dir,
+        "student.init": cfg.student.init,
         "eval.data_root": cfg.eval.data_root,
         **{f"eval.data_roots.{k}": v for k, v in cfg.eval.data_roots.items()},
     }
@@ -540,6 +552,12 @@ def _student_problems(cfg: Config) -> list[tuple[str, str]]:
             f"than the finest {finest}x{finest} grid of views: make it >= {finest * patch}"
         )
         return [("views.crop_size", why)]
+    if cfg.student.init and arch.stem != "patch":
+        why = (
+            f"loads a ViT's patch embedding, and the student's stem is {arch.stem!r}: "
+            "set student.overrides.stem.kind=patch"
+        )
+        return [("student.init", why)]
     if cfg.eval.student_readout == "segments+patches" and not arch.patch_proj:
         why = "'segments+patches' needs a student with patch_proj (e.g. student-tiny-dense)"
         return [("eval.student_readout", why)]

@@ -19,6 +19,7 @@ ASSIGN_MODES = ("dot", "cosine", "centered")  # how grouping scores patches agai
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STEMS = ("patch", "conv", "teacher")
+POS_EMBEDS = ("sincos", "learned")  # fixed 2-D sin-cos positions (MAE's) or a learned table
 # Fields saved by earlier versions that the architecture no longer has: ignored on load, so a
 # run's final/config.json keeps loading. mask_ratio moved to the training recipe
 # (train.mask_ratio), which always supplied the ratio training used.
@@ -40,6 +41,7 @@ STUDENT_LAYOUT: dict[str, dict[str, str]] = {
         "teacher_model": "teacher_model",
         "teacher_scale": "teacher_scale",
         "pixels": "stem_pixels",
+        "pos_embed": "pos_embed",
         "pixel_mean": "pixel_mean",
         "pixel_std": "pixel_std",
     },
@@ -50,6 +52,7 @@ STUDENT_LAYOUT: dict[str, dict[str, str]] = {
         "heads": "num_heads",
         "mlp_ratio": "mlp_ratio",
         "qkv_bias": "qkv_bias",
+        "norm_pre": "norm_pre",
     },
     # the MAE pixel decoder and its reconstruction target
     "decoder": {
@@ -143,6 +146,11 @@ class StudentConfig:
     # patch embedding added to the tower's tokens): the tower's features are semantic but blur
     # colours and edges, which a grouping that follows objects needs.
     stem_pixels: bool = False
+    # Position embeddings: "sincos" (fixed, MAE's and the paper's) or "learned" (a table that
+    # starts as the sin-cos one; what CLIP and most timm ViTs carry, so ``student.init`` can
+    # load theirs). ``norm_pre``: a LayerNorm before the first encoder block, as CLIP's ln_pre.
+    pos_embed: str = "sincos"
+    norm_pre: bool = False
     pixel_mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
     pixel_std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
 
@@ -181,6 +189,8 @@ class StudentConfig:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.stem == "teacher" and not self.teacher_model:
             raise ValueError("the teacher stem needs teacher_model (an open_clip architecture)")
+        if self.pos_embed not in POS_EMBEDS:
+            raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.stem_pixels and self.stem != "teacher":
             raise ValueError("stem_pixels adds pixels to the teacher stem: set stem='teacher'")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):

@@ -80,3 +80,76 @@ def test_table_lists_the_training_free_methods_after_the_variants():
         "| naclip | teacher only, no training | 25.0% | — | — |",
         "| all_background | teacher only, no training | 11.9% | — | — |",
     ]
+
+
+def _scaled(miou: float, n_train: int, epochs: int, recipe: str = "r") -> dict:
+    steps = n_train // 64 * epochs
+    return {
+        **_row(miou),
+        "n_train": n_train,
+        "epochs": epochs,
+        "steps": steps,
+        "samples_seen": steps * 64,
+        "recipe": recipe,
+        "cache": f"/c/extract/{n_train}",
+    }
+
+
+def test_scaling_checks_follow_scenes_at_equal_epochs_and_epochs_at_equal_scenes():
+    from pipeline.ablate import scaling_checks
+
+    rows = {
+        "s1": _scaled(0.300, 1500, 12),
+        "s1e2": _scaled(0.304, 1500, 24),
+        "s2": _scaled(0.296, 3000, 12),  # 0.4 points under s1: within the 0.5 allowed
+        "s2e2": _scaled(0.310, 3000, 24),
+        "s4": _scaled(0.320, 6000, 12),
+        "s4e2": _scaled(0.300, 6000, 24),  # 2 points under s4: a drop
+    }
+    out = scaling_checks(rows)
+    assert out["checks"] == {
+        "scenes at epochs=12: s1 -> s2 -> s4": True,
+        "scenes at epochs=24: s1e2 -> s2e2 -> s4e2": False,
+        "epochs at scenes=1500: s1 -> s1e2": True,
+        "epochs at scenes=3000: s2 -> s2e2": True,
+        "epochs at scenes=6000: s4 -> s4e2": False,
+    }
+    assert not out["holds"]
+    rows["s4e2"] = _scaled(0.330, 6000, 24)
+    assert scaling_checks(rows)["holds"]
+    # another recipe is never chained with this one, and nothing grows in a plain ablation
+    assert scaling_checks({"a": _scaled(0.3, 1500, 12), "b": _scaled(0.1, 3000, 12, "x")}) is None
+    assert scaling_checks({"both": _row(0.4), "base": _row(0.2)}) is None
+
+
+def test_scaling_table_lists_samples_seen_and_every_cache(tmp_path):
+    from pipeline.ablate import format_table, scaling_checks, scaling_plot_png
+
+    variants = {"s1": _scaled(0.30, 1500, 12), "s2": _scaled(0.20, 3000, 12)}
+    result = {"cache": "/c/extract/1500", "order": ["s1", "s2"], "variants": variants}
+    result["scaling"] = scaling_checks(variants)
+    table = format_table(result)
+    assert "| s2 | 3000 | 12 | 552 | 35328 | 20.0% |" in table
+    assert "as data or epochs grow: does not hold" in table
+    assert "- scenes at epochs=12: s1 -> s2: no" in table
+    assert "One cache per world size: `/c/extract/1500`, `/c/extract/3000`." in table
+    png = scaling_plot_png(variants)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_variant_that_grows_the_world_needs_its_own_training_split():
+    import pytest
+
+    from pipeline.ablate import variant_configs
+    from zeroseg.config import ConfigError, load_config
+
+    base = load_config("jobs/scaling.yaml", [])
+    variants = variant_configs("jobs/scaling.yaml", [], base)
+    folders = {c.data.train for c in variants.values()}
+    assert folders == {f"runs/scaling/data/train-{n}" for n in (1500, 3000, 6000)}
+    base = load_config("jobs/ablation.yaml", ["ablation.variants={big: [world.n_train=9]}"])
+    with pytest.raises(ConfigError, match="name the split after its size"):
+        variant_configs("jobs/ablation.yaml", ["ablation.variants={big: [world.n_train=9]}"], base)
+    base = load_config("jobs/ablation.yaml", ["ablation.variants={x: [world.seed=3]}"])
+    with pytest.raises(ConfigError, match="would change the shared cache"):
+        variant_configs("jobs/ablation.yaml", ["ablation.variants={x: [world.seed=3]}"], base)

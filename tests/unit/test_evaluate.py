@@ -15,7 +15,7 @@ from pipeline.evaluate import GENERALISATION, finalize_eval, plan_splits
 from pipeline.run import ensure_world, format_table, summarize
 from pipeline.runner import StageDir
 from zeroseg import storage
-from zeroseg.config import load_config
+from zeroseg.config import ConfigError, load_config
 from zeroseg.predict import BASELINES, METHODS
 from zeroseg.report import render_report
 
@@ -138,3 +138,47 @@ def test_ensure_world_draws_the_generalisation_split_from_the_held_out_world(tmp
     without = load_config(None, [f"storage.root={tmp_path / 'none'}", *sizes])
     ensure_world(without, log=lambda _: None)
     assert not os.path.exists(without.data.generalisation)
+
+
+def test_seeds_are_single_seed_runs_summarised_by_mean_and_spread(scored):
+    import copy
+
+    from pipeline.run import seed_config, seed_summary
+
+    cfg, _, metrics = scored
+    seeded = load_config(None, ["train.seeds=[3,1,2]"])
+    one = seed_config(seeded, 1, baselines=False)
+    assert (
+        one.train.seed == 1 and one.train.seeds == [] and one.eval.baselines == ["all_background"]
+    )
+    # the seed's run folder is the one `train.seed=1` alone gives
+    from pipeline.train import train_fingerprint
+
+    plain = load_config(None, ["train.seed=1"])
+    assert train_fingerprint(one, "c") == train_fingerprint(plain, "c")
+    assert seed_config(seeded, 3, baselines=True).eval.baselines == seeded.eval.baselines
+    per_seed = {}
+    for seed, miou in ((3, 0.30), (1, 0.34), (2, 0.32)):
+        m = copy.deepcopy(metrics)
+        m["student"]["miou"] = miou
+        m["student"][GENERALISATION]["miou"] = miou - 0.1
+        per_seed[seed] = m
+    over = seed_summary(per_seed)
+    assert over["seeds"] == [3, 1, 2]
+    assert over["student_miou"]["per_seed"] == [0.30, 0.34, 0.32]
+    assert over["student_miou"]["mean"] == pytest.approx(0.32)
+    assert over["student_miou"]["std"] == pytest.approx(0.02)
+    assert over["generalisation_student_miou"]["min"] == pytest.approx(0.20)
+    teacher = {"pretrained": "", "model": "zeroseg-toyclip"}
+    summary = summarize(per_seed[3], teacher, "final", {"total": 1.0}, job="no-such-job")
+    summary["seeds"] = over
+    table = format_table(summary)
+    assert "student (3 seeds)   32.0% mean, std 2.0, range 30.0-34.0" in table
+    assert "(seeds 3, 1, 2: 30.0, 34.0, 32.0; the row above is seed 3)" in table
+
+
+def test_seeds_must_be_distinct_and_non_negative():
+    with pytest.raises(ConfigError, match="train.seeds"):
+        load_config(None, ["train.seeds=[1,1]"])
+    with pytest.raises(ConfigError, match="train.seeds"):
+        load_config(None, ["train.seeds=[-1]"])

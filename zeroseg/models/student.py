@@ -199,6 +199,12 @@ class Student(nn.Module):
                 Block(dim, heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias) for _ in range(n)
             )
 
+        # A learned table (``pos_embed="learned"``) starts as the fixed sin-cos positions, so
+        # both kinds begin alike; ``student.init`` can then load a pretrained ViT's own table.
+        self.pos_embed = None
+        if cfg.pos_embed == "learned":
+            self.pos_embed = nn.Parameter(sincos_pos_embed_2d(side, side, c).unsqueeze(0))
+        self.norm_pre = nn.LayerNorm(c) if cfg.norm_pre else nn.Identity()
         self.encoder = blocks(c, cfg.num_heads, cfg.depth)
         self.encoder_norm = nn.LayerNorm(c)
 
@@ -276,6 +282,19 @@ class Student(nn.Module):
             self._pos_cache[key] = pe
         return pe.unsqueeze(0)
 
+    def _encoder_pos(self, gh: int, gw: int, ref: torch.Tensor) -> torch.Tensor:
+        """The encoder's positions for a gh x gw grid: the fixed sin-cos ones, or the learned
+        table, resampled (bicubic, as timm does) when the grid is not the training one."""
+        if self.pos_embed is None:
+            return self._pos(gh, gw, self.cfg.width, ref)
+        if (gh, gw) == self.grid:
+            return self.pos_embed.to(ref.dtype)
+        from timm.layers import resample_abs_pos_embed
+
+        return resample_abs_pos_embed(
+            self.pos_embed, (gh, gw), self.grid, num_prefix_tokens=0, verbose=False
+        ).to(ref.dtype)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.pixel_mean) / self.pixel_std
 
@@ -298,7 +317,7 @@ class Student(nn.Module):
             is_qk = ".assign_q." in name or ".assign_k." in name
             if (
                 p.ndim < 2
-                or name.startswith(("group_tokens", "mask_token"))
+                or name.startswith(("group_tokens", "mask_token", "pos_embed"))
                 or (is_qk and not assign_qk_decay)
             ):
                 no_decay.append(p)
@@ -326,13 +345,14 @@ class Student(nn.Module):
         else:
             tokens = self.patch_embed(x)
         gh, gw = x.shape[-2] // self.cfg.patch_size, x.shape[-1] // self.cfg.patch_size
-        tokens = tokens + self._pos(gh, gw, self.cfg.width, tokens)
+        tokens = tokens + self._encoder_pos(gh, gw, tokens)
         keep = restore = None
         if mask_ratio > 0:
             keep, restore = random_masking(
                 tokens.shape[0], tokens.shape[1], mask_ratio, tokens.device, generator
             )
             tokens = _gather_tokens(tokens, keep)
+        tokens = self.norm_pre(tokens)
         for blk in self.encoder:
             tokens = blk(tokens)
         return self.encoder_norm(tokens), keep, restore, (gh, gw)
@@ -562,7 +582,7 @@ def count_parameters(module: nn.Module) -> int:
 def parameter_breakdown(model: Student) -> dict[str, int]:
     """Parameter counts per part, for reports and sanity checks against ViT-B (~86M encoder)."""
     parts = {
-        "encoder": [model.patch_embed, model.encoder, model.encoder_norm],
+        "encoder": [model.patch_embed, model.norm_pre, model.encoder, model.encoder_norm],
         "decoder": [model.decoder_embed, model.decoder, model.decoder_norm, model.decoder_pred],
         "head": [model.head, model.grouping, model.projectors, model.head_norm],
         "global": [model.global_blocks, model.global_norm, model.global_mlp],
@@ -572,6 +592,8 @@ def parameter_breakdown(model: Student) -> dict[str, int]:
         parts["projections"].append(model.patch_proj)
     out = {k: sum(count_parameters(m) for m in mods) for k, mods in parts.items()}
     out["decoder"] += model.mask_token.numel()
+    if model.pos_embed is not None:
+        out["encoder"] += model.pos_embed.numel()
     out["head"] += sum(g.numel() for g in model.group_tokens)
     out["total"] = count_parameters(model)
     assert out["total"] == sum(v for k, v in out.items() if k != "total")
