@@ -57,12 +57,12 @@ def check_readable_folder(uri: str, what: str) -> None:
 def preflight(cfg: Config, stage: str) -> None:
     """The checks a stage needs; ``run`` generates the world itself when configured to."""
     check_writable(cfg.storage.root, "storage.root")
+    if stage in ("train", "run", "ablate") and cfg.student.init:
+        check_readable_folder(cfg.student.init, "student.init")
     if stage == "extract" or (stage == "run" and not cfg.world.generate):
         check_readable_folder(cfg.data.train, "data.train")
     if stage == "run" and not cfg.world.generate:
         check_readable_folder(cfg.data.bench, "data.bench")
-    if stage in ("train", "run", "ablate") and cfg.student.init:
-        check_readable_folder(cfg.student.init, "student.init")
     if stage == "eval":
         from zeroseg.config import eval_benchmarks
 

@@ -73,6 +73,12 @@ def train_fingerprint(cfg: Config, cache_fp: str) -> str:
     student = config_to_dict(cfg)["student"]
     if not student.get("init"):  # added later: a run without an init keeps its folder
         student.pop("init", None)
+    else:  # the file itself, not its spelling: a re-pretrained init trains a new run
+        uri = storage.normalize(student["init"])
+        try:
+            student["init"] = {"uri": uri, **storage.file_signature(uri)}
+        except FileNotFoundError:
+            student["init"] = {"uri": uri}
     return fingerprint({"cache": cache_fp, "student": student, "train": t})
 
 
@@ -163,7 +169,7 @@ class TrainLoopConfig:
             expected=expected_manifest(cfg, embed_dim),
             reader=reader,
             threads=max(1, int(cfg.train.cpus_per_worker)),
-            init=cfg.student.init,
+            init=storage.normalize(cfg.student.init) if cfg.student.init else "",
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -552,10 +552,10 @@ def _student_problems(cfg: Config) -> list[tuple[str, str]]:
             f"than the finest {finest}x{finest} grid of views: make it >= {finest * patch}"
         )
         return [("views.crop_size", why)]
-    if cfg.student.init and arch.stem != "patch":
+    if cfg.student.init and arch.stem not in ("patch", "hybrid"):
         why = (
             f"loads a ViT's patch embedding, and the student's stem is {arch.stem!r}: "
-            "set student.overrides.stem.kind=patch"
+            "set student.overrides.stem.kind=patch (or hybrid, for a toy CLIP's tower)"
         )
         return [("student.init", why)]
     if cfg.eval.student_readout == "segments+patches" and not arch.patch_proj:

@@ -18,7 +18,7 @@ ASSIGN_MODES = ("dot", "cosine", "centered")  # how grouping scores patches agai
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-STEMS = ("patch", "conv", "teacher")
+STEMS = ("patch", "conv", "teacher", "hybrid")
 POS_EMBEDS = ("sincos", "learned")  # fixed 2-D sin-cos positions (MAE's) or a learned table
 # Fields saved by earlier versions that the architecture no longer has: ignored on load, so a
 # run's final/config.json keeps loading. mask_ratio moved to the training recipe
@@ -133,6 +133,9 @@ class StudentConfig:
     # (log2(patch_size) of them) and a 1x1 projection. A from-scratch ViT learns shapes very
     # slowly from a linear patch embedding; a conv stem learns them within minutes on CPU.
     stem: str = "patch"
+    # Beyond the paper: "hybrid" is the lab teacher's own kind of patch embedding (the toy ViT's
+    # four-convolution stem of stride 8, then a 1x1 projection; zeroseg.toy_vit), trainable, so
+    # ``student.init`` can start the student from a toy CLIP's image tower. Needs patch_size 8.
     # Beyond the paper: stem "teacher" makes a frozen copy of the teacher's image tower (open_clip
     # architecture ``teacher_model``) the patch embedding: its per-location embeddings of the
     # image enlarged ``teacher_scale`` times become the tokens, through one linear map. The
@@ -193,6 +196,8 @@ class StudentConfig:
             raise ValueError(f"pos_embed must be one of {POS_EMBEDS}, got {self.pos_embed!r}")
         if self.stem_pixels and self.stem != "teacher":
             raise ValueError("stem_pixels adds pixels to the teacher stem: set stem='teacher'")
+        if self.stem == "hybrid" and self.patch_size != 8:
+            raise ValueError("the hybrid stem has the toy ViT's stride 8: set patch_size 8")
         if self.stem == "conv" and (self.patch_size & (self.patch_size - 1) or self.patch_size < 2):
             raise ValueError("the conv stem needs a power-of-two patch_size >= 2")
         for w, h, name in (

@@ -28,6 +28,23 @@ STEM_CHANNELS = (32, 64, 64, 128)
 STEM_STRIDES = (2, 2, 1, 2)
 
 
+def conv_stem() -> ConvStem:
+    """Four 3x3 convolutions of total stride 8 (three of stride 2)."""
+    return ConvStem(
+        in_chans=3,
+        depth=len(STEM_CHANNELS),
+        channels=STEM_CHANNELS,
+        stride=STEM_STRIDES,
+        act_layer=torch.nn.GELU,
+    )
+
+
+def hybrid_embed(img_size: int, embed_dim: int) -> HybridEmbed:
+    """The tower's patch embedding alone: the conv stem, then a 1x1 projection to the width
+    (what a student with the ``hybrid`` stem uses, so a toy CLIP's tower can start it)."""
+    return HybridEmbed(backbone=conv_stem(), img_size=img_size, patch_size=1, embed_dim=embed_dim)
+
+
 def toy_vit(
     img_size: int = 64,
     embed_dim: int = 128,
@@ -37,13 +54,7 @@ def toy_vit(
     **kwargs,
 ) -> VisionTransformer:
     """A hybrid ViT: conv stem of total stride 8, class token, learned position embeddings."""
-    stem = ConvStem(
-        in_chans=3,
-        depth=len(STEM_CHANNELS),
-        channels=STEM_CHANNELS,
-        stride=STEM_STRIDES,
-        act_layer=torch.nn.GELU,
-    )
+    stem = conv_stem()
     kwargs.setdefault("dynamic_img_size", True)
     return VisionTransformer(
         img_size=img_size,

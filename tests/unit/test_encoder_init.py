@@ -171,3 +171,26 @@ def test_mae_loss_falls(tmp_path):
         log=lambda m: None,
     )[1]["curve"][0]["loss"]
     assert losses[-1] < 0.5 * first
+
+
+def test_the_lab_teachers_tower_starts_a_hybrid_student():
+    """A toy CLIP's hybrid ViT (open_clip around a timm trunk): conv stem, blocks and norm load
+    into a student with the same stem; a linear-patch student is told which stem to use."""
+    from zeroseg.teacher import load_teacher_model
+    from zeroseg.toy_assets import SHIPPED_WEIGHTS
+    from zeroseg.toy_teacher import MODEL_NAME
+
+    shipped = str(SHIPPED_WEIGHTS)
+    arch = dict(stem="hybrid", pos_embed="learned", depth=5, mlp_ratio=3.0)
+    student = build_student("student-tiny-dense", 128, **arch).eval()
+    report = load_encoder_init(student, shipped)
+    assert report.kind == "open_clip_timm"
+    assert set(report.left_out) == {"cls_token", "head.proj.weight"}
+    trunk = load_teacher_model(MODEL_NAME, shipped)[0].visual.trunk.eval()
+    x = torch.rand(2, 3, 64, 64)
+    torch.testing.assert_close(
+        student.patch_embed(x), trunk.patch_embed(x).flatten(1, 2), atol=1e-5, rtol=1e-5
+    )
+    assert torch.equal(student.encoder[4].attn.qkv.weight, trunk.blocks[4].attn.qkv.weight.float())
+    with pytest.raises(InitMismatch, match="stem.kind=hybrid"):
+        load_encoder_init(build_student("student-tiny-dense", 128, depth=5, mlp_ratio=3.0), shipped)

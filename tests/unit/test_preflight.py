@@ -34,3 +34,20 @@ def test_an_output_folder_that_is_a_file_is_refused_and_kept(tmp_path, capsys):
         err = capsys.readouterr().err
         assert f"={existing} is a file, not a folder" in err, err
     assert existing.read_text() == "keep me"
+
+
+def test_a_missing_or_unusable_student_init_is_named_before_any_work(tmp_path):
+    from zeroseg.config import ConfigError
+
+    absent = tmp_path / "mae" / "encoder.safetensors"
+    cfg = load_config(None, [f"storage.root={tmp_path}/out", f"student.init={absent}"])
+    for stage in ("train", "run", "ablate"):
+        with pytest.raises(PreflightError, match="student.init=.*does not exist"):
+            preflight(cfg, stage)
+    with pytest.raises(PreflightError, match="data.bench"):  # eval reads a finished student,
+        preflight(cfg, "eval")  # not its init: only its own inputs are checked
+    # an init needs the ViT patch embedding it loads into: the teacher stem is refused
+    with pytest.raises(ConfigError, match="student.init: loads a ViT's patch embedding"):
+        load_config("jobs/demo.yaml", [f"student.init={absent}"])
+    with pytest.raises(ConfigError, match="student.init"):
+        load_config(None, ["student.init=s3:/one-slash/encoder.safetensors"])

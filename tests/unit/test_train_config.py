@@ -147,3 +147,19 @@ def test_dry_run_of_an_unknown_teacher_names_the_key(tmp_path):
     from pipeline.cli import main
 
     assert main(["train", "--config", "jobs/demo.yaml", "--dry-run", "teacher.model=nope"]) == 2
+
+
+def test_a_student_init_is_fingerprinted_by_its_file_not_its_spelling(tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mae").mkdir()
+    (tmp_path / "mae" / "encoder.safetensors").write_bytes(b"one")
+    rel = load_config(None, ["student.init=mae/encoder.safetensors"])
+    absolute = load_config(None, [f"student.init={tmp_path}/mae/encoder.safetensors"])
+    first = train_fingerprint(rel, "c")
+    assert first == train_fingerprint(absolute, "c")
+    assert first != train_fingerprint(load_config(None, []), "c")
+    (tmp_path / "mae" / "encoder.safetensors").write_bytes(b"other weights")  # re-pretrained
+    os.utime(tmp_path / "mae" / "encoder.safetensors", (1, 1))
+    assert train_fingerprint(rel, "c") != first

@@ -140,7 +140,11 @@ def to_timm_names(state: dict[str, torch.Tensor], kind: str) -> dict[str, torch.
         return _convert_openai_clip(state, None, prefix="visual.")  # model is unused there
     if kind == "open_clip_timm":
         prefix = "visual.trunk."
-        return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        for k, v in state.items():  # the tower's projection into its text space, reported
+            if k.startswith("visual.head."):
+                out["head." + k[len("visual.head.") :]] = v
+        return out
     if kind == "zeroseg":  # a student's own weights: its encoder (and decoder) back to timm's
         if any(k.startswith("patch_embed.visual.") for k in state):
             raise InitMismatch(
@@ -173,8 +177,8 @@ def _student_name(timm_name: str) -> str | None:
         return f"decoder.{m.group(1)}.{m.group(2)}"
     if timm_name.startswith("norm."):
         return "encoder_norm." + timm_name[len("norm.") :]
-    if timm_name.startswith(("patch_embed.proj.", "norm_pre.")) or timm_name == "pos_embed":
-        return timm_name
+    if timm_name.startswith(("patch_embed.", "norm_pre.")) or timm_name == "pos_embed":
+        return timm_name  # patch_embed.backbone.*: a hybrid ViT's conv stem
     if timm_name == "mask_token" or any(timm_name.startswith(p) for p in MAE_DECODER):
         return timm_name
     return None
@@ -251,10 +255,13 @@ def load_encoder_init(model: torch.nn.Module, uri: str) -> InitReport:
                 timm_state[f"norm.{part}"] = timm_state.pop(f"fc_norm.{part}")
     own = model.state_dict()
     cfg = model.cfg
-    if cfg.stem != "patch":
+    hybrid = any(k.startswith("patch_embed.backbone.") for k in timm_state)
+    want = "hybrid" if hybrid else "patch"
+    if cfg.stem != want:
+        what = "a hybrid ViT's conv stem" if hybrid else "a ViT's linear patch embedding"
         raise InitMismatch(
-            f"student.init loads a ViT's patch embedding; the student's stem is {cfg.stem!r}: "
-            "set student.overrides.stem.kind=patch"
+            f"student.init: the checkpoint has {what}; the student's stem is {cfg.stem!r}: "
+            f"set student.overrides.stem.kind={want}"
         )
     encoder_keys = [
         k
@@ -289,7 +296,7 @@ def load_encoder_init(model: torch.nn.Module, uri: str) -> InitReport:
                 )
                 continue
             value = _fit_pos_embed(value, model.grid)
-        elif target == "patch_embed.proj.weight":
+        elif target == "patch_embed.proj.weight" and not hybrid:
             value = _fit_patch_kernel(value, own[target].shape)
         if target not in own:
             if not target.startswith("encoder."):

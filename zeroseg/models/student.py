@@ -187,6 +187,10 @@ class Student(nn.Module):
             self.patch_embed: nn.Module = ConvStem(cfg.patch_size, cfg.in_chans, c)
         elif cfg.stem == "teacher":
             self.patch_embed = TeacherStem(cfg)
+        elif cfg.stem == "hybrid":
+            from zeroseg.toy_vit import hybrid_embed
+
+            self.patch_embed = hybrid_embed(cfg.image_size, c)
         else:
             self.patch_embed = PatchEmbed(
                 cfg.image_size, cfg.patch_size, cfg.in_chans, c, strict_img_size=False
