@@ -55,7 +55,12 @@ OPERATIONAL_KEYS = (
 )
 # Recipe keys added after runs were fingerprinted: left out at their default, so a config that
 # does not use them keeps its run folder.
-LATER_RECIPE_DEFAULTS = {"lr_scaling": "none", "precision": "bf16", "num_workers": 1}
+LATER_RECIPE_DEFAULTS = {
+    "lr_scaling": "none",
+    "precision": "bf16",
+    "num_workers": 1,
+    "dense_levels": [],
+}
 # Amount of train.resource_label each worker asks for: the label pins workers to nodes that
 # offer it without competing for it.
 RESOURCE_PER_WORKER = 0.001

@@ -195,6 +195,10 @@ class TrainConfig:
     # ablation trains on a subset of one cache. Must include 1. The per-patch terms use the
     # finest level in use.
     view_levels: list[int] = field(default_factory=list)
+    # Grid levels whose cells are the per-patch terms' targets, each patch scored against the
+    # cell of every listed level that contains it (empty = the finest level in use). On the lab,
+    # the 3x3 and 4x4 cells together name shapes better than either alone (docs/results.md).
+    dense_levels: list[int] = field(default_factory=list)
     # "all": z is distilled to every view (the paper); "global": to the whole image v1 only.
     multiscale_views: str = "all"
     # --- beyond the paper: every term is off at its default, the paper's value; the shapes
@@ -452,6 +456,10 @@ def _check(cfg: Config) -> None:
     lo, hi = actor_range(cfg.extract)
     if lo > hi:
         problems.append(("extract.min_actors", f"{lo} is above extract.max_actors={hi}"))
+    used = set(cfg.train.view_levels or cfg.views.levels)
+    if set(cfg.train.dense_levels) - used:
+        why = f"must be grid levels in use in training ({sorted(used)})"
+        problems.append(("train.dense_levels", why))
     if cfg.train.view_levels and 1 not in cfg.train.view_levels:
         problems.append(("train.view_levels", "must contain 1 (the whole-image view v1)"))
     if set(cfg.train.view_levels) - set(cfg.views.levels):

@@ -55,11 +55,13 @@ class StepSettings:
     total_steps: int = 1
     warmup_steps: int = 0
     autocast: bool = False  # bf16 autocast (GPU workers with train.precision=bf16)
+    # The grid levels of the per-patch targets (``train.dense_levels``); empty: the finest in use.
+    target_levels: tuple[int, ...] = ()
 
     @property
     def dense_levels(self) -> tuple[int, ...]:
-        """The per-patch terms use the finest level in use."""
-        return (max(self.levels),)
+        """The per-patch terms' targets: ``target_levels``, else the finest level in use."""
+        return self.target_levels or (max(self.levels),)
 
     @property
     def leaves_unused_parameters(self) -> bool:
@@ -94,6 +96,7 @@ def step_settings(
         total_steps=total_steps,
         warmup_steps=warmup_steps,
         autocast=gpu and train.precision == "bf16",
+        target_levels=tuple(int(v) for v in train.dense_levels),
     )
 
 

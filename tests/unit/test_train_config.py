@@ -69,6 +69,7 @@ def test_existing_configs_keep_their_run_folder():
             "prefetch_batches",
             "log_every_steps",
             "seeds",
+            "dense_levels",
         }
         student = {k: v for k, v in config_to_dict(cfg)["student"].items() if k != "init"}
         old = fingerprint(
