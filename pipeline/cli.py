@@ -420,8 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", *STUDENT_READOUTS],
         default="auto",
         help="pixel scores: 'segments' (each pixel takes its group's segment token, the paper), "
-        "'segments+patches' (averaged with the per-patch projections), 'auto' (the second when "
-        "the student has per-patch projections)",
+        "'segments+patches' (averaged with the per-patch projections), 'patches' (those alone), "
+        "'auto' (segments+patches when the student has per-patch projections)",
     )
     p.add_argument(
         "--save-labels",

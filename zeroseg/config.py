@@ -21,9 +21,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 # How the student's pixels get class scores (zeroseg.predict.student_cosines): "segments" (the
 # paper: pixel -> its group -> the group's segment token) or "segments+patches" (beyond the
-# paper: averaged with the student's per-patch projections; needs patch_proj). Kept here, with no
+# paper: averaged with the student's per-patch projections; needs patch_proj) or "patches" (the
+# per-patch projections alone, to see which half carries a result). Kept here, with no
 # torch import, so the config check and the CLI's choices read the same list.
-STUDENT_READOUTS = ("segments", "segments+patches")
+STUDENT_READOUTS = ("segments", "segments+patches", "patches")
 # What eval scores next to the student. The teacher's dense read-outs (what its last block
 # computes, zeroseg.last_block); the last three change a ViT's attention and need a ViT teacher.
 TEACHER_DENSE_METHODS = ("maskclip_dense", "dense_raw", "sclip", "clearclip", "naclip")
@@ -566,8 +567,11 @@ def _student_problems(cfg: Config) -> list[tuple[str, str]]:
             "set student.overrides.stem.kind=patch (or hybrid, for a toy CLIP's tower)"
         )
         return [("student.init", why)]
-    if cfg.eval.student_readout == "segments+patches" and not arch.patch_proj:
-        why = "'segments+patches' needs a student with patch_proj (e.g. student-tiny-dense)"
+    if "patches" in cfg.eval.student_readout and not arch.patch_proj:
+        why = (
+            f"{cfg.eval.student_readout!r} needs a student with patch_proj "
+            "(e.g. student-tiny-dense)"
+        )
         return [("eval.student_readout", why)]
     return []
 

@@ -155,8 +155,11 @@ def student_cosines(
             segments, pixel_groups = student.segment(crop)
             return pixel_class_scores(pixel_groups[0], segments[0], text)
         segments, pixel_groups, patches = student.segment_with_patches(crop)
+        dense = dense_score_map(patches[0], text, tuple(crop.shape[-2:]))
+        if readout == "patches":  # the per-patch projections alone, a diagnostic
+            return dense
         groups = pixel_class_scores(pixel_groups[0], segments[0], text)
-        return 0.5 * (groups + dense_score_map(patches[0], text, tuple(crop.shape[-2:])))
+        return 0.5 * (groups + dense)
 
     cos = sliding_window_scores(window_scores, x, window, stride or window)
     if tuple(cos.shape[-2:]) != (h, w):

@@ -417,3 +417,34 @@ def test_run_reruns_only_what_a_config_change_invalidates(demo, teacher_cache):
     assert not any("cache complete, skipping" in line for line in logs)
     after = set(os.listdir(os.path.join(cfg.storage.root, "extract")))
     assert before < after and os.path.basename(new_cache) in after - before
+
+
+def test_a_label_free_init_starts_students_of_several_seeds(demo, teacher_cache, capsys):
+    """`zeroseg student-pretrain` (MAE on data.train, bad images skipped with their reason),
+    then one `zeroseg run` training two seeds from it on the one cache: each worker loads the
+    init, each seed is its own run, and the summary gives their mean and spread."""
+    cfg, _, _ = demo
+    base = [*tiny_overrides(cfg.storage.root, teacher_cache), "world.n_generalisation=6"]
+    standalone = [*base, "student.overrides.stem.kind=patch"]
+    out = os.path.join(cfg.storage.root, "mae")
+    argv = ["student-pretrain", "--config", "jobs/demo.yaml", "--out", out, "--steps", "6"]
+    assert main([*argv, "--batch", "8", *standalone]) == 0
+    printed = capsys.readouterr().out
+    assert "skipped 3 images" in printed and "not_an_image" in printed
+    record = json.loads(open(os.path.join(out, "pretrain.json")).read())
+    assert record["recipe"]["steps"] == 6 and record["recipe"]["images"] == 40
+    init = os.path.join(out, "encoder.safetensors")
+    seeded = load_config(
+        "jobs/demo.yaml", [*standalone, f"student.init={init}", "train.seeds=[0,1]"]
+    )
+    logs: list[str] = []
+    summary = run_all(seeded, log=logs.append)
+    over = summary["seeds"]
+    assert over["seeds"] == [0, 1] and len(over["student_miou"]["per_seed"]) == 2
+    assert summary["student"]["miou"] == pytest.approx(over["student_miou"]["per_seed"][0])
+    assert len(over["generalisation_student_miou"]["per_seed"]) == 2
+    text = "\n".join(logs)
+    assert "[run] seed 1 (2/2)" in text
+    runs = glob.glob(os.path.join(cfg.storage.root, "train", "demo-*", "final", "config.json"))
+    inits = [p for p in runs if os.path.getmtime(p) >= os.path.getmtime(init)]
+    assert len(inits) == 2  # one run folder per seed, both after the init was written

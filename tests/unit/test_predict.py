@@ -70,3 +70,20 @@ def test_methods_and_the_raw_dense_baseline():
     assert not torch.allclose(raw, value, atol=1e-3)
     with pytest.raises(ValueError, match="unknown method"):
         method_cosines("dense_rwa", image, text, **kw)
+
+
+def test_the_patches_readout_is_the_per_patch_half_of_the_combined_one():
+    import numpy as np
+    import torch
+
+    from zeroseg.models import build_student
+    from zeroseg.predict import student_cosines
+
+    torch.manual_seed(0)
+    student = build_student("student-tiny-dense", 16, image_size=32).eval()
+    image = (np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8)
+    text = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    both = student_cosines(student, image, text, 32, readout="segments+patches")
+    groups = student_cosines(student, image, text, 32, readout="segments")
+    patches = student_cosines(student, image, text, 32, readout="patches")
+    torch.testing.assert_close(both, 0.5 * (groups + patches))
