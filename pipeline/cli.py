@@ -289,9 +289,12 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "examples:\n"
-            "  zeroseg student-pretrain --config jobs/quality_mae.yaml --out runs/mae\n"
-            "  zeroseg student-pretrain --config jobs/quality_mae.yaml --out runs/mae --steps 500\n"
-            "  zeroseg run --config jobs/quality_mae.yaml student.init=runs/mae/encoder.safetensors"
+            "  zeroseg student-pretrain --config jobs/quality.yaml --out runs/mae \\\n"
+            "      student.overrides.stem.kind=patch            # the quality job's student, MAE\n"
+            "  zeroseg student-pretrain --config jobs/quality.yaml --out runs/m --steps 500 \\\n"
+            "      student.overrides.stem.kind=patch\n"
+            "  zeroseg run --config jobs/quality.yaml student.overrides.stem.kind=patch \\\n"
+            "      student.init=runs/mae/encoder.safetensors    # a student that starts from it"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
