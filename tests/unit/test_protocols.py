@@ -105,7 +105,7 @@ def test_segments_plus_patches_readout_averages_group_and_patch_cosines():
             build_student("student-tiny", 16).eval(), image, text, 64, readout="segments+patches"
         )
     with pytest.raises(ValueError, match="read-out"):
-        student_cosines(student, image, text, 64, readout="patches")
+        student_cosines(student, image, text, 64, readout="pixels")
 
 
 def test_patches_trained_on_centred_targets_are_read_out_in_the_teachers_space():
@@ -135,6 +135,12 @@ def test_patches_trained_on_centred_targets_are_read_out_in_the_teachers_space()
 
 def test_student_readout_is_checked_when_the_config_loads():
     with pytest.raises(ConfigError, match="eval.student_readout"):
-        load_config("jobs/demo.yaml", ["eval.student_readout=patches"])
+        load_config("jobs/demo.yaml", ["eval.student_readout=pixels"])
     with pytest.raises(ConfigError, match="patch_proj"):
         load_config("jobs/paper_exact.yaml", ["eval.student_readout=segments+patches"])
+
+
+def test_the_patches_readout_needs_per_patch_projections():
+    load_config("jobs/demo.yaml", ["eval.student_readout=patches"])
+    with pytest.raises(ConfigError, match="'patches' needs a student with patch_proj"):
+        load_config("jobs/paper_exact.yaml", ["eval.student_readout=patches"])
