@@ -228,7 +228,8 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         key = json.dumps([config_to_dict(cfg)[k] for k in ("world", "data")], sort_keys=True)
         if key not in caches:
             caches[key] = run_stages(cfg, ["extract"], log, world=True)
-            log(f"[ablation] teacher cache of {cfg.world.n_train} scenes: {caches[key].cache}")
+            n = cfg.world.n_train
+            log(f"[ablation] teacher cache extracted once for {n} scenes: {caches[key].cache}")
         return caches[key]
 
     upstream = upstream_of(base)

@@ -430,7 +430,7 @@ def test_a_label_free_init_starts_students_of_several_seeds(demo, teacher_cache,
     argv = ["student-pretrain", "--config", "jobs/demo.yaml", "--out", out, "--steps", "6"]
     assert main([*argv, "--batch", "8", *standalone]) == 0
     printed = capsys.readouterr().out
-    assert "skipped 3 images" in printed and "not_an_image" in printed
+    assert "skipped 3 images" in printed and "empty_file" in printed and "corrupt" in printed
     record = json.loads(open(os.path.join(out, "pretrain.json")).read())
     assert record["recipe"]["steps"] == 6 and record["recipe"]["images"] == 40
     init = os.path.join(out, "encoder.safetensors")
