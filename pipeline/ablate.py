@@ -86,7 +86,6 @@ def scaling_checks(rows: dict[str, dict[str, Any]], tolerance: float = 0.005) ->
 
 def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
     """mIoU against training samples seen, one line per world size (epochs grow along it)."""
-    import io
 
     import matplotlib
 
@@ -109,11 +108,9 @@ def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
     ax.set_ylabel("student mIoU (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from zeroseg.report import figure_png
+
+    return figure_png(fig)
 
 
 def recipe_key(cfg: Config) -> str:

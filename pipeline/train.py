@@ -685,7 +685,6 @@ def export_final(
 
 
 def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
-    import io
 
     import matplotlib
 
@@ -705,8 +704,6 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
     ax.set_yscale("log")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from zeroseg.report import figure_png
+
+    return figure_png(fig)

@@ -11,7 +11,6 @@ count or a seed.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -46,13 +45,6 @@ class MAESettings:
         return {**asdict(self), "student": student, "images": n_images, "version": RECIPE_VERSION}
 
 
-def lr_at(step: int, s: MAESettings) -> float:
-    if step < s.warmup_steps:
-        return s.lr * (step + 1) / s.warmup_steps
-    t = (step - s.warmup_steps) / max(s.steps - s.warmup_steps, 1)
-    return s.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
-
-
 def _turn_and_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     k = int(torch.randint(4, (1,), generator=gen))
     x = torch.rot90(x, k, dims=(2, 3))
@@ -79,6 +71,7 @@ def mae_pretrain(
     """MAE on ``images`` (N, 3, H, W) uint8 at the student's input size; returns the encoder and
     decoder weights in timm names and a record (recipe, loss curve every 100 steps)."""
     from zeroseg.models import build_student
+    from zeroseg.train_step import lr_at
 
     s = settings or MAESettings()
     threads_before = torch.get_num_threads()
@@ -117,7 +110,7 @@ def mae_pretrain(
         loss_ema = None
         for step in range(s.steps):
             for g in opt.param_groups:
-                g["lr"] = lr_at(step, s)
+                g["lr"] = lr_at(step, s.steps, s.warmup_steps, s.lr)
             if cursor + s.batch > n:
                 perm, cursor = torch.randperm(n, generator=gen), 0
             idx = perm[cursor : cursor + s.batch]

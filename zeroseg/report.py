@@ -33,9 +33,16 @@ def confusion_png(cm: np.ndarray, class_names: Sequence[str]) -> bytes:
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the truth row")
+    return figure_png(fig, dpi=100)
+
+
+def figure_png(fig, dpi: float | None = None) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out tightly), the figure closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=dpi)
     plt.close(fig)
     return buf.getvalue()
 
