@@ -14,6 +14,7 @@ from typing import Any
 
 from zeroseg import storage
 from zeroseg.config import Config, ConfigError, config_to_dict, load_config
+from zeroseg.report import figure_png
 
 from .runner import code_version, now, write_run_info
 
@@ -86,7 +87,6 @@ def scaling_checks(rows: dict[str, dict[str, Any]], tolerance: float = 0.005) ->
 
 def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
     """mIoU against training samples seen, one line per world size (epochs grow along it)."""
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,8 +108,6 @@ def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
     ax.set_ylabel("student mIoU (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    from zeroseg.report import figure_png
-
     return figure_png(fig)
 
 

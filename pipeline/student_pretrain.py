@@ -23,12 +23,24 @@ from zeroseg.views import center_crop
 from .inputs import plan_inputs, read_input
 
 ENCODER = "encoder.safetensors"
+# The images are held in memory as uint8 for the whole run: refuse, before reading any, a
+# training set that would not fit (a lab world of 1500 64-px scenes is 18 MB).
+MAX_IMAGE_BYTES = 4 << 30
 RECORD = "pretrain.json"
 
 
-def load_training_images(uri: str, size: int, log=print) -> np.ndarray:
+def load_training_images(
+    uri: str, size: int, log=print, max_bytes: int = MAX_IMAGE_BYTES
+) -> np.ndarray:
     """(N, 3, size, size) uint8 of every usable image; unusable ones are counted by reason."""
     plan = plan_inputs(uri)
+    need = len(plan.keys) * 3 * size * size
+    if need > max_bytes:
+        raise SystemExit(
+            f"data.train={uri}: {len(plan.keys)} images at {size} px are {need / 2**30:.1f} GiB "
+            f"in memory, above student-pretrain's {max_bytes / 2**30:.0f} GiB; point data.train "
+            "at a subset (a list file of URIs works)"
+        )
     images, skipped = [], Counter()
     for key, span in zip(plan.keys, plan.spans):
         try:
@@ -38,7 +50,7 @@ def load_training_images(uri: str, size: int, log=print) -> np.ndarray:
     if skipped:
         log(f"[student-pretrain] skipped {sum(skipped.values())} images: {dict(skipped)}")
     if not images:
-        raise ValueError(f"data.train={uri}: no usable images")
+        raise SystemExit(f"data.train={uri}: no usable images")
     return np.stack(images).transpose(0, 3, 1, 2).copy()
 
 

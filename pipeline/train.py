@@ -19,6 +19,7 @@ from typing import Any
 from zeroseg import storage
 from zeroseg.checkpoint import CONFIG, FINAL, WEIGHTS
 from zeroseg.config import STUDENT_OVERRIDES, Config, TrainConfig, config_to_dict
+from zeroseg.report import figure_png
 from zeroseg.train_step import LOSS_TERMS
 
 from .cache import CacheReader
@@ -685,7 +686,6 @@ def export_final(
 
 
 def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -704,6 +704,4 @@ def loss_curve_png(history: list[dict[str, Any]]) -> bytes:
     ax.set_yscale("log")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
-    from zeroseg.report import figure_png
-
     return figure_png(fig)

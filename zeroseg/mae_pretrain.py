@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from zeroseg.train_step import lr_at
+
 RECIPE_VERSION = 1  # bump when the recipe changes what a given set of settings trains
 
 
@@ -71,7 +73,6 @@ def mae_pretrain(
     """MAE on ``images`` (N, 3, H, W) uint8 at the student's input size; returns the encoder and
     decoder weights in timm names and a record (recipe, loss curve every 100 steps)."""
     from zeroseg.models import build_student
-    from zeroseg.train_step import lr_at
 
     s = settings or MAESettings()
     threads_before = torch.get_num_threads()

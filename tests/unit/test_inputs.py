@@ -135,3 +135,21 @@ def test_corrupt_tar_and_empty_inputs_are_named(tmp_path):
     (tmp_path / "empty" / "notes.md").write_text("x")
     with pytest.raises(FileNotFoundError, match="no images .* in data.train="):
         plan_inputs(str(tmp_path / "empty"))
+
+
+def test_student_pretrain_refuses_a_training_set_too_large_to_hold_before_reading_it(tmp_path):
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from pipeline.student_pretrain import load_training_images
+
+    for i in range(3):
+        Image.fromarray(np.full((40, 50, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    logs = []
+    images = load_training_images(str(tmp_path), 32, log=logs.append)
+    assert images.shape == (3, 3, 32, 32) and images.dtype == np.uint8
+    assert "skipped 1 images: {'not_an_image': 1}" in logs[0]
+    with pytest.raises(SystemExit, match="4 images at 32 px .* point data.train at a subset"):
+        load_training_images(str(tmp_path), 32, max_bytes=4 * 3 * 32 * 32 - 1)
