@@ -50,13 +50,14 @@ DESCRIPTIONS = {
         "resumes from the newest checkpoint; final weights go to <run>/final/."
     ),
     "eval": (
-        "Parallel Ray tasks score the student and the grid_crop, maskclip_dense, dense_raw "
-        "and all_background baselines on each benchmark of eval.benchmarks (or "
-        "eval.benchmark): shapes reads data.bench and picks each method's background rule on "
-        "data.val (and scores data.generalisation, when it exists, with those rules); voc, "
-        "context and coco_object read their public layouts below eval.data_root with the "
-        "paper's pinned protocols. Writes metrics.json, report.md (mIoU table, per-class IoU, "
-        "confusion plot) and overlays of the best and worst images per benchmark. "
+        "Parallel Ray tasks score the student and the grid_crop, multigrid_crop, "
+        "maskclip_dense, dense_raw and all_background baselines on each benchmark of "
+        "eval.benchmarks (or eval.benchmark): shapes reads data.bench and picks each method's "
+        "background rule on data.val (and scores data.generalisation, when it exists, with "
+        "those rules); voc, context and coco_object read their public layouts below "
+        "eval.data_root with the paper's pinned protocols. Writes metrics.json, report.md "
+        "(mIoU table, per-class IoU, confusion plot) and overlays of the best and worst images "
+        "per benchmark. "
         "--dry-run prints the plan without reading data."
     ),
     "submit": (
@@ -259,7 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
             "  zeroseg teacher-pretrain --out runs/teacher      # reproduce the shipped teacher\n"
             "  zeroseg teacher-pretrain --out runs/t --stop-at 250   # its first 250 steps\n"
             "  zeroseg teacher-pretrain --out runs/t            # ... then the rest of them\n"
-            "  zeroseg teacher-pretrain teacher.pretrain_seed=1  # another recipe, cached"
+            "  zeroseg teacher-pretrain teacher.pretrain_seed=1  # another recipe, cached\n"
+            "  # a toy CLIP with a 3-block image tower, as a student init (docs/results.md):\n"
+            "  zeroseg teacher-pretrain --out runs/toyclip-small \\\n"
+            "      teacher.model=zeroseg-toyclip-small teacher.pretrain_seed=1 "
+            "teacher.pretrain_steps=3000"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -388,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--method",
         choices=["student", *(m for m in BASELINE_METHODS if m != "all_background")],
         help="student (the default with --checkpoint), or a training-free method on the "
-        "teacher alone: grid_crop, maskclip_dense, dense_raw, sclip, clearclip, naclip",
+        "teacher alone: grid_crop, multigrid_crop, maskclip_dense, dense_raw, sclip, "
+        "clearclip, naclip",
     )
     p.add_argument(
         "--teacher",
@@ -561,8 +567,15 @@ def _dispatch(args, parser) -> int:
 
     cfg = _load(args)
     if cmd == "teacher-pretrain":
+        from zeroseg.toy_assets import TOY_MODELS
+
         from .teachers import pretrain_toy_teacher
 
+        if cfg.teacher.model not in TOY_MODELS:
+            raise SystemExit(
+                f"teacher-pretrain trains the toy CLIPs ({', '.join(TOY_MODELS)}), not "
+                f"teacher.model={cfg.teacher.model!r}"
+            )
         if args.stop_at is not None and not 1 <= args.stop_at <= cfg.teacher.pretrain_steps:
             raise SystemExit(
                 f"--stop-at must lie in [1, teacher.pretrain_steps={cfg.teacher.pretrain_steps}]"

@@ -20,6 +20,7 @@ from zeroseg.config import Config
 from zeroseg.toy_assets import (
     SHIPPED,
     TOY_MODEL,
+    TOY_MODELS,
     sha256_file,
     shipped_record,
     verified_shipped_weights,
@@ -34,7 +35,10 @@ def toy_settings(cfg: Config, stop_at: int | None = None):
     """The ``ToyTeacherSettings`` a config asks for."""
     from zeroseg.toy_teacher import ToyTeacherSettings
 
+    if "model" in cfg.teacher.pretrain_overrides:
+        raise ValueError("teacher.pretrain_overrides.model: set teacher.model instead")
     return ToyTeacherSettings(
+        model=cfg.teacher.model,
         steps=cfg.teacher.pretrain_steps,
         seed=cfg.teacher.pretrain_seed,
         stop_at=stop_at,
@@ -54,12 +58,12 @@ def is_shipped_recipe(cfg: Config, record: dict[str, Any] | None = None) -> bool
 def toy_teacher_dir(cfg: Config) -> str:
     """Cache folder of the config's toy-teacher recipe."""
     recipe = toy_settings(cfg).recipe()
-    return storage.join(cfg.teacher.cache_dir, f"{TOY_MODEL}-{fingerprint(recipe)}")
+    return storage.join(cfg.teacher.cache_dir, f"{cfg.teacher.model}-{fingerprint(recipe)}")
 
 
 def _info(record: dict[str, Any], weights: str) -> dict[str, Any]:
     return {
-        "model": TOY_MODEL,
+        "model": record.get("model", TOY_MODEL),
         "pretrained": weights,
         "accuracy": record["accuracy"],
         "steps": record["steps"],
@@ -128,7 +132,7 @@ def pretrain_toy_teacher(
         os.remove(local_ckpt)
     accuracy = run_accuracy(result, outline)
     info = {
-        "model": TOY_MODEL,
+        "model": settings.model,
         "pretrained": ckpt,
         "sha256": digest,
         "accuracy": accuracy,
@@ -198,7 +202,7 @@ def outline_cell_accuracy(weights: str, settings) -> dict[str, float]:
     from zeroseg.teacher import Teacher
     from zeroseg.toy_teacher import eval_sets, zero_shot_accuracy
 
-    teacher = Teacher(TOY_MODEL, weights)
+    teacher = Teacher(settings.model, weights)
     out = {}
     for key, world in (("cell_outline", settings.world), ("gen_cell_outline", None)):
         world = world or generalisation_world(96)
@@ -237,7 +241,7 @@ def resolve_teacher(cfg: Config, log=print) -> dict[str, Any]:
     """``{"model", "pretrained", "accuracy"?}`` for the configured teacher (no Ray needed)."""
     if cfg.teacher.pretrained:
         return {"model": cfg.teacher.model, "pretrained": cfg.teacher.pretrained}
-    if cfg.teacher.model == TOY_MODEL:
+    if cfg.teacher.model in TOY_MODELS:
         record = shipped_record()
         if record is not None and is_shipped_recipe(cfg, record):
             verified_shipped_weights(record)  # refuse a damaged asset before any work

@@ -29,7 +29,7 @@ STUDENT_READOUTS = ("segments", "segments+patches", "patches")
 # computes, zeroseg.last_block); the last three change a ViT's attention and need a ViT teacher.
 TEACHER_DENSE_METHODS = ("maskclip_dense", "dense_raw", "sclip", "clearclip", "naclip")
 VIT_ONLY_METHODS = ("sclip", "clearclip", "naclip")
-BASELINE_METHODS = ("grid_crop", *TEACHER_DENSE_METHODS, "all_background")
+BASELINE_METHODS = ("grid_crop", "multigrid_crop", *TEACHER_DENSE_METHODS, "all_background")
 
 __all__ = [
     "MISSING",
@@ -94,7 +94,9 @@ class WorldConfig:
 
 @dataclass
 class TeacherConfig:
-    # open_clip architecture name; `zeroseg-toyclip` is the project's own toy CLIP.
+    # open_clip architecture name; `zeroseg-toyclip` is the project's own toy CLIP
+    # (`zeroseg-toyclip-small`: the same with a 3-block image tower, which `teacher-pretrain`
+    # trains as a student init).
     model: str = "zeroseg-toyclip"
     # open_clip pretrained tag, local path or fsspec URI. Empty with the toy model: the toy
     # teacher the package ships when the recipe below is the shipped one, else the one

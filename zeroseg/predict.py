@@ -47,6 +47,11 @@ DENSE_METHODS = {
     "naclip": "naclip",
 }
 assert tuple(DENSE_METHODS) == TEACHER_DENSE_METHODS
+# The crop read-outs: each pixel scored by the teacher's embeddings of the grid cells around it.
+# grid_crop is the 4x4 cells; multigrid_crop averages the 3x3 and 4x4 cells (of the level sets
+# 3, 4, 3+4, 2+3+4, 1+2+3+4 and 2+4, the best on the shapes validation split: 33.1% against
+# 27.3% for 4x4 alone), the map a student regressing both levels' cells would reach at best.
+GRID_METHODS = {"grid_crop": (4,), "multigrid_crop": (3, 4)}
 METHODS = ("student", *BASELINE_METHODS)
 BASELINES = BASELINE_METHODS
 BACKGROUND_NAME = "background"
@@ -169,13 +174,17 @@ def student_cosines(
 
 @torch.no_grad()
 def grid_cosines(
-    teacher, image: np.ndarray, text: torch.Tensor, size: int, grid: int = 4
+    teacher, image: np.ndarray, text: torch.Tensor, size: int, levels: Sequence[int] = (4,)
 ) -> torch.Tensor:
-    """Classify each cell of a ``grid`` x ``grid`` split with the teacher; cells are blocks."""
+    """Classify each cell of a g x g split (for each g in ``levels``) with the teacher; each
+    pixel takes the mean of the cosines of the cells that contain it (one level: blocks)."""
     crop = (image_tensor(image, size)[0].permute(1, 2, 0) * 255).round().to(torch.uint8)
-    views = cut_views(crop[None], [grid], teacher.image_size)[0]  # (g*g, 3, s, s)
-    cells = teacher.encode_images(views).reshape(grid, grid, -1)
-    return grid_score_map(cells, text, image.shape[:2])
+    maps = []
+    for grid in levels:
+        views = cut_views(crop[None], [grid], teacher.image_size)[0]  # (g*g, 3, s, s)
+        cells = teacher.encode_images(views).reshape(grid, grid, -1)
+        maps.append(grid_score_map(cells, text, image.shape[:2]))
+    return torch.stack(maps).mean(dim=0)
 
 
 @torch.no_grad()
@@ -234,8 +243,8 @@ def method_cosines(
     over the same short side as the student; ``sigma`` is NACLIP's neighbourhood."""
     if method == "student":
         return student_cosines(student, image, text, size, window, stride, readout)
-    if method == "grid_crop":
-        return grid_cosines(teacher, image, text, size, 4)
+    if method in GRID_METHODS:
+        return grid_cosines(teacher, image, text, size, GRID_METHODS[method])
     if method in DENSE_METHODS:
         windows = (size, window or size, stride or window or size) if teacher_windows else None
         mode = DENSE_METHODS[method]

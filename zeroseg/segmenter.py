@@ -53,13 +53,14 @@ class Segmenter:
     """One method's pixel labels for any image and any class names.
 
     ``method`` is one of :data:`zeroseg.predict.METHODS`: ``"student"`` needs ``student``; the
-    training-free methods (``grid_crop`` and the dense read-outs ``maskclip_dense``,
-    ``dense_raw``, ``sclip``, ``clearclip``, ``naclip``) only the teacher, which every method
-    also uses for the text embeddings. ``size`` is the student's short side (and the grid crop's
-    square input), ``window`` / ``stride`` the student's sliding window, ``dense_input_size``
-    the teacher's input side for the dense read-outs (``teacher_windows``: they slide the
-    student's windows instead), ``sigma`` NACLIP's neighbourhood, ``pamr`` refines every map
-    with :func:`zeroseg.pamr.pamr`, ``background`` the default rule
+    training-free methods (the crop read-outs ``grid_crop`` and ``multigrid_crop``, the dense
+    read-outs ``maskclip_dense``, ``dense_raw``, ``sclip``, ``clearclip``, ``naclip``) only the
+    teacher, which every method also uses for the text embeddings. ``size`` is the student's
+    short side (and the grid crops' square input), ``window`` / ``stride`` the student's
+    sliding window, ``dense_input_size`` the teacher's input side for the dense read-outs
+    (``teacher_windows``: they slide the student's windows instead), ``sigma`` NACLIP's
+    neighbourhood, ``pamr`` refines every map with :func:`zeroseg.pamr.pamr`, ``background``
+    the default rule
     (:func:`zeroseg.predict.parse_rule`) and ``prob_scale`` its softmax scale.
     """
 

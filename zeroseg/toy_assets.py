@@ -10,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 TOY_MODEL = "zeroseg-toyclip"
+# Toy CLIP architectures `teacher-pretrain` trains: the teacher's, and one whose image tower
+# has 3 blocks instead of 5 (a label-free student init smaller than the teacher, as CLIP
+# ViT-B/16 is under a ViT-L/14 teacher; only the teacher's weights ship).
+TOY_MODELS = (TOY_MODEL, "zeroseg-toyclip-small")
 SHIPPED = "shipped"  # teacher.pretrained value naming the packaged weights, wherever installed
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 SHIPPED_WEIGHTS = ASSET_DIR / f"{TOY_MODEL}.safetensors"

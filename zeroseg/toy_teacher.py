@@ -40,6 +40,7 @@ from zeroseg.data.shapes import (
     render_scene,
 )
 from zeroseg.teacher import MODEL_CONFIG_DIR, Teacher, register_model_configs
+from zeroseg.toy_assets import TOY_MODELS
 from zeroseg.toy_pool import (
     Pool,
     PoolSpec,
@@ -50,7 +51,7 @@ from zeroseg.toy_pool import (
 from zeroseg.toy_pool import build_pool as render_pool
 from zeroseg.views import grid_pixel_boxes
 
-MODEL_NAME = "zeroseg-toyclip"
+MODEL_NAME = TOY_MODELS[0]
 MODEL_CONFIG = MODEL_CONFIG_DIR / f"{MODEL_NAME}.json"
 RECIPE_VERSION = 2  # bump when the recipe changes what a given set of settings trains
 register_model_configs()
@@ -87,8 +88,12 @@ class ToyTeacherSettings:
     eval_every: int = 250  # steps between accuracy checks logged in the curve (0 = off)
     eval_n: int = 400
     threads: int = 2  # torch threads: fixed, since the thread count can change the arithmetic
+    model: str = MODEL_NAME  # the architecture, one of TOY_MODELS
 
     def __post_init__(self) -> None:
+        if self.model not in TOY_MODELS:
+            known = ", ".join(TOY_MODELS)
+            raise ValueError(f"toy CLIP model {self.model!r} unknown; known: {known}")
         if isinstance(self.world, dict):
             self.world = WorldSettings.from_dict(self.world)
         self.level_weights = tuple(self.level_weights)
@@ -104,6 +109,8 @@ class ToyTeacherSettings:
             d.pop(k)
         if not d["pool_chunk"]:  # recipes recorded before chunked pools existed
             d.pop("pool_chunk")
+        if d["model"] == MODEL_NAME:  # recipes recorded before there was a choice
+            d.pop("model")
         d["world"] = self.world.to_dict()
         d["recipe_version"] = RECIPE_VERSION
         return d
@@ -295,10 +302,10 @@ def lab_eval_sets(settings: ToyTeacherSettings) -> dict[str, EvalSets]:
 # training
 
 
-def build_model(seed: int = 0) -> torch.nn.Module:
-    """Randomly initialised ``zeroseg-toyclip`` (seeded)."""
+def build_model(seed: int = 0, name: str = MODEL_NAME) -> torch.nn.Module:
+    """A randomly initialised toy CLIP of architecture ``name`` (seeded)."""
     torch.manual_seed(seed)
-    model, _, _ = open_clip.create_model_and_transforms(MODEL_NAME, pretrained=None)
+    model, _, _ = open_clip.create_model_and_transforms(name, pretrained=None)
     return model
 
 
@@ -412,10 +419,10 @@ def _pretrain(
         f"toy teacher: pool of {len(pool.images)} views in {t_pool:.0f}s; "
         f"{s.stop_at or s.steps} of {s.steps} steps of {s.batch}"
     )
-    model = build_model(s.seed)
+    model = build_model(s.seed, s.model)
     model.train()
-    teacher = Teacher(MODEL_NAME, model=model)
-    tokens = open_clip.get_tokenizer(MODEL_NAME)(pool.prompts)
+    teacher = Teacher(s.model, model=model)
+    tokens = open_clip.get_tokenizer(s.model)(pool.prompts)
     # supervised warm start: one learnable prototype per shape (+ background), the image
     # embedding is classified against them from the first step, so the image tower learns shapes
     # while the text tower is still finding its way; the contrastive term aligns text to it.
@@ -449,7 +456,7 @@ def _pretrain(
         """Accuracies of the weights as they would ship (rounded), on a copy."""
         shipped = copy.deepcopy(model).eval()
         _round_like_shipped(shipped)
-        acc = lab_accuracy(Teacher(MODEL_NAME, model=shipped), s, sets)
+        acc = lab_accuracy(Teacher(s.model, model=shipped), s, sets)
         return {"step": step, **{k: round(v, 4) for k, v in acc.items()}}
 
     curve: list[dict] = []

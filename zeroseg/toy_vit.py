@@ -9,8 +9,9 @@ patch-8 ViT learns rotated shapes far too slowly on a few CPU cores, so the patc
 a convolutional stem (four 3x3 convolutions, three of stride 2, as in hybrid ViTs): 64 px in, 8 x 8
 tokens out. ``dynamic_img_size`` interpolates the position embeddings for other input sizes.
 
-Importing this module registers ``zeroseg_toyvit`` with timm; open_clip then builds it from the
-``timm_model_name`` of ``zeroseg-toyclip.json``.
+Importing this module registers ``zeroseg_toyvit`` (and its 3-block sibling
+``zeroseg_toyvit_small``) with timm; open_clip then builds them from the ``timm_model_name`` of
+``zeroseg-toyclip.json`` (``zeroseg-toyclip-small.json``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ from timm.models.vision_transformer import VisionTransformer
 from timm.models.vision_transformer_hybrid import ConvStem
 
 TIMM_NAME = "zeroseg_toyvit"
+# The same tower with 3 blocks instead of 5: a toy CLIP smaller than the teacher, whose image
+# tower can start a student as a CLIP ViT-B/16 does under a ViT-L/14 teacher.
+TIMM_NAME_SMALL = "zeroseg_toyvit_small"
+SMALL_DEPTH = 3
 STEM_CHANNELS = (32, 64, 64, 128)
 STEM_STRIDES = (2, 2, 1, 2)
 
@@ -72,8 +77,18 @@ def toy_vit(
 @register_model
 def zeroseg_toyvit(pretrained: bool = False, **kwargs) -> VisionTransformer:
     """timm entry point (never pretrained: the project trains and ships its own weights)."""
+    return _timm_entry(TIMM_NAME, pretrained, kwargs)
+
+
+@register_model
+def zeroseg_toyvit_small(pretrained: bool = False, **kwargs) -> VisionTransformer:
+    """timm entry point of the smaller tower (``SMALL_DEPTH`` blocks)."""
+    return _timm_entry(TIMM_NAME_SMALL, pretrained, {"depth": SMALL_DEPTH, **kwargs})
+
+
+def _timm_entry(name: str, pretrained: bool, kwargs: dict) -> VisionTransformer:
     if pretrained:
-        raise ValueError(f"{TIMM_NAME} has no timm weights; load the project's checkpoint")
+        raise ValueError(f"{name} has no timm weights; load the project's checkpoint")
     for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
         kwargs.pop(key, None)  # timm's factory bookkeeping, not architecture arguments
     model = toy_vit(**kwargs)

@@ -48,6 +48,7 @@ def test_methods_and_the_raw_dense_baseline():
     assert METHODS == (
         "student",
         "grid_crop",
+        "multigrid_crop",
         "maskclip_dense",
         "dense_raw",
         "sclip",
@@ -70,6 +71,38 @@ def test_methods_and_the_raw_dense_baseline():
     assert not torch.allclose(raw, value, atol=1e-3)
     with pytest.raises(ValueError, match="unknown method"):
         method_cosines("dense_rwa", image, text, **kw)
+
+
+def test_multigrid_crop_averages_the_3x3_and_4x4_cells_around_each_pixel():
+    """Each pixel's multigrid cosine is the mean of the cosines of the 3x3 cell and the 4x4 cell
+    that contain it, each cell cut from the image and embedded by the teacher on its own."""
+    import torch.nn.functional as F
+
+    from zeroseg.teacher import Teacher
+    from zeroseg.views import resize_views
+
+    torch.manual_seed(0)
+    teacher = Teacher("zeroseg-toyclip", None)
+    text = text_embeddings(teacher, ["circle", "square"], ["a photo of a {}."])
+    image = np.random.default_rng(1).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    kw = dict(teacher=teacher, size=48)
+    multi = method_cosines("multigrid_crop", image, text, **kw)
+    single = method_cosines("grid_crop", image, text, **kw)
+    assert multi.shape == single.shape == (3, 48, 48)
+
+    def cell_cosines(grid: int, y: int, x: int) -> torch.Tensor:
+        side = 48 // grid
+        r, c = y // side, x // side
+        cell = torch.from_numpy(image[r * side : (r + 1) * side, c * side : (c + 1) * side])
+        view = resize_views(cell.permute(2, 0, 1)[None].float() / 255, teacher.image_size)
+        emb = F.normalize(teacher.encode_images(view)[0], dim=-1)
+        return emb @ text.T
+
+    for y, x in ((0, 0), (20, 30), (47, 5), (33, 47)):
+        expect = (cell_cosines(3, y, x) + cell_cosines(4, y, x)) / 2
+        torch.testing.assert_close(multi[:, y, x], expect, atol=2e-3, rtol=0)
+        torch.testing.assert_close(single[:, y, x], cell_cosines(4, y, x), atol=2e-3, rtol=0)
+    assert not torch.allclose(multi, single, atol=1e-3)
 
 
 def test_the_patches_readout_is_the_per_patch_half_of_the_combined_one():

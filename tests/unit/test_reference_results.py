@@ -49,7 +49,7 @@ def test_every_job_names_every_method():
 
 
 def _summary(job: str | None) -> dict:
-    miou = dict(zip(METHODS, (0.431, 0.328, 0.422, 0.2, 0.3, 0.31, 0.32, 0.114)))
+    miou = dict(zip(METHODS, (0.431, 0.328, 0.35, 0.422, 0.2, 0.3, 0.31, 0.32, 0.114)))
     return {
         "job": job,
         "student": {"miou": miou["student"], "per_class": {"circle": 0.5}, "rule": "prompt"},
@@ -66,11 +66,12 @@ def _row(table: str, method: str) -> list[str]:
 
 
 def test_the_results_table_prints_the_reference_column():
-    ref = {"miou_pct": dict(zip(METHODS, (43.0, None, 42.2, None, None, None, None, 11.4)))}
+    ref = {"miou_pct": dict(zip(METHODS, (43.0, None, 33.0, 42.2, None, None, None, None, 11.4)))}
     table = format_table(_summary("demo"), reference=ref)
     assert table.splitlines()[0].split()[:3] == ["method", "mIoU", "ref"]
     assert _row(table, "student")[1:3] == ["43.1%", "43.0%"]
     assert _row(table, "grid_crop")[1:3] == ["32.8%", "-"]
+    assert _row(table, "multigrid_crop")[1:3] == ["35.0%", "33.0%"]
     assert _row(table, "dense_raw")[1:3] == ["20.0%", "-"]
     assert _row(table, "all_background")[1:3] == ["11.4%", "11.4%"]
     assert "ref: the recorded fresh-clone run of job 'demo'" in table

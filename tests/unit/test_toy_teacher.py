@@ -93,6 +93,48 @@ def test_the_pool_chunk_enters_the_recipe_only_when_it_is_used():
     assert ToyTeacherSettings(threads=1).recipe() != ToyTeacherSettings().recipe()
 
 
+def test_the_smaller_toy_clip_is_its_own_recipe_and_its_tower_starts_a_student(tmp_path):
+    """`teacher-pretrain teacher.model=zeroseg-toyclip-small`: a 3-block tower, a recipe (and
+    cache folder) of its own while the shipped recipe stays as recorded; its image tower loads
+    whole into a hybrid student of that depth, which then computes what the tower computes."""
+    from pipeline.teachers import is_shipped_recipe, pretrain_toy_teacher, toy_teacher_dir
+    from zeroseg.config import load_config
+    from zeroseg.models import build_student
+    from zeroseg.models.encoder_init import load_encoder_init
+    from zeroseg.teacher import load_teacher_model
+
+    small = "zeroseg-toyclip-small"
+    assert "model" not in ToyTeacherSettings().recipe()  # the shipped record's recipe as it was
+    assert ToyTeacherSettings(model=small).recipe()["model"] == small
+    with pytest.raises(ValueError, match="unknown"):
+        ToyTeacherSettings(model="zeroseg-toyclip-huge")
+    assert is_shipped_recipe(load_config(None, []))
+    tiny = [f"teacher.pretrain_overrides.{k}={v}" for k, v in TINY.items()]
+    cfg = load_config(None, [f"teacher.model={small}", "teacher.pretrain_steps=2", *tiny])
+    assert not is_shipped_recipe(cfg) and os.path.basename(toy_teacher_dir(cfg)).startswith(small)
+    info = pretrain_toy_teacher(cfg, out_dir=str(tmp_path / "small"), log=lambda m: None)
+    assert info["model"] == small and info["recipe"]["model"] == small
+    trunk = load_teacher_model(small, info["pretrained"])[0].visual.trunk.eval()
+    assert len(trunk.blocks) == 3
+    student = build_student(
+        "student-tiny-dense", 128, stem="hybrid", pos_embed="learned", depth=3, mlp_ratio=3.0
+    ).eval()
+    assert load_encoder_init(student, info["pretrained"]).kind == "open_clip_timm"
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            student.patch_embed(x), trunk.patch_embed(x).flatten(1, 2), atol=1e-5, rtol=1e-5
+        )
+    assert torch.equal(student.encoder[2].mlp.fc2.weight, trunk.blocks[2].mlp.fc2.weight.float())
+
+
+def test_teacher_pretrain_refuses_an_architecture_it_cannot_train():
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit, match="trains the toy CLIPs .* not teacher.model='ViT-B-16'"):
+        main(["teacher-pretrain", "teacher.model=ViT-B-16"])
+
+
 def test_multi_positive_loss_prefers_true_prompts():
     txt = torch.nn.functional.normalize(torch.randn(5, 8), dim=-1)
     pos = torch.zeros(3, 5, dtype=torch.bool)
