@@ -56,6 +56,7 @@ def test_voc_eval_parts_metrics_report_and_resume(ray_local, tmp_path, capsys):
     # the toy teacher is a ViT: every training-free method is scored by default
     assert set(metrics["baselines"]) == {
         "grid_crop",
+        "multigrid_crop",
         "maskclip_dense",
         "dense_raw",
         "sclip",
