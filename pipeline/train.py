@@ -61,6 +61,7 @@ LATER_RECIPE_DEFAULTS = {
     "precision": "bf16",
     "num_workers": 1,
     "dense_levels": [],
+    "augment": "none",
 }
 # Amount of train.resource_label each worker asks for: the label pins workers to nodes that
 # offer it without competing for it.
@@ -195,6 +196,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_model
 
+    from zeroseg.augment import step_generator
     from zeroseg.logs import quiet_named_loggers
     from zeroseg.losses import target_center, view_indices
     from zeroseg.models import build_student
@@ -293,7 +295,9 @@ def _train_loop(config: dict[str, Any]) -> None:
             center = (summed[:-1] / summed[-1]).float()
     center_dev = center.to(device) if center is not None else None
     raw_model = model.module if hasattr(model, "module") else model
-    stem_bank = stem_feature_bank(raw_model, source, device, log=print if rank == 0 else None)
+    stem_bank = None  # a posed image (train.augment) needs the stem run on it, per batch
+    if settings.augment == "none":
+        stem_bank = stem_feature_bank(raw_model, source, device, log=print if rank == 0 else None)
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)
     metrics_log = MetricsLog(loop.run_uri, enabled=rank == 0)
 
@@ -339,6 +343,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             settings,
             generator=gen,
             target_center=center_dev,
+            augment_generator=step_generator(tc.seed, step, rank),
         )
         step += 1
         if device.type == "cuda":

@@ -29,6 +29,8 @@ STUDENT_READOUTS = ("segments", "segments+patches", "patches")
 # computes, zeroseg.last_block); the last three change a ViT's attention and need a ViT teacher.
 TEACHER_DENSE_METHODS = ("maskclip_dense", "dense_raw", "sclip", "clearclip", "naclip")
 VIT_ONLY_METHODS = ("sclip", "clearclip", "naclip")
+# train.augment's choices (their poses: zeroseg.augment.AUGMENT_POSES, which imports torch).
+AUGMENT_MODES = ("none", "hflip", "dihedral")
 BASELINE_METHODS = ("grid_crop", "multigrid_crop", *TEACHER_DENSE_METHODS, "all_background")
 
 __all__ = [
@@ -204,6 +206,11 @@ class TrainConfig:
     dense_levels: list[int] = field(default_factory=list)
     # "all": z is distilled to every view (the paper); "global": to the whole image v1 only.
     multiscale_views: str = "all"
+    # Beyond the paper (which takes a centre crop only, so the cached views stay valid): each
+    # training image in a random pose that keeps them valid, its views permuted to follow
+    # (zeroseg.augment). "hflip": mirrored or not (right for CLIP on photos); "dihedral": any of
+    # the 8 flips and quarter turns (for worlds without an up, such as the shapes world).
+    augment: str = "none"
     # --- beyond the paper: every term is off at its default, the paper's value; the shapes
     # world's recipe turns them on in jobs/recipes/beyond_paper.yaml (docs/student_research.md)
     # Per-patch terms against the teacher embedding of the 4x4 cell each patch lies in; they
@@ -477,6 +484,9 @@ def _check(cfg: Config) -> None:
     for key, allowed in choices.items():
         if getattr(cfg.train, key.split(".")[1]) not in allowed:
             problems.append((key, f"must be one of {list(allowed)}"))
+    if cfg.train.augment not in AUGMENT_MODES:
+        why = f"must be one of {list(AUGMENT_MODES)}, got {cfg.train.augment!r}"
+        problems.append(("train.augment", why))
     if cfg.train.multiscale_views not in ("all", "global"):
         problems.append(("train.multiscale_views", "must be 'all' or 'global'"))
     if not cfg.storage.root:
@@ -636,6 +646,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "train.w_matching": 1.0,
     "train.w_recon": 1.0,
     "train.multiscale_views": "all",
+    "train.augment": "none",
     "train.w_dense": 0.0,
     "train.w_patch": 0.0,
     "train.w_affinity": 0.0,

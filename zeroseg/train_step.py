@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zeroseg.augment import augment_batch, step_generator
 from zeroseg.config import TrainConfig
 from zeroseg.losses import distill_loss
 
@@ -57,6 +58,7 @@ class StepSettings:
     autocast: bool = False  # bf16 autocast (GPU workers with train.precision=bf16)
     # The grid levels of the per-patch targets (``train.dense_levels``); empty: the finest in use.
     target_levels: tuple[int, ...] = ()
+    augment: str = "none"  # train.augment: the poses (zeroseg.augment) a training image may take
 
     @property
     def dense_levels(self) -> tuple[int, ...]:
@@ -97,6 +99,7 @@ def step_settings(
         warmup_steps=warmup_steps,
         autocast=gpu and train.precision == "bf16",
         target_levels=tuple(int(v) for v in train.dense_levels),
+        augment=train.augment,
     )
 
 
@@ -149,18 +152,25 @@ def train_step(
     generator: torch.Generator | None = None,
     target_center: torch.Tensor | None = None,
     after_forward: Callable[[torch.Tensor], None] | None = None,
+    augment_generator: torch.Generator | None = None,
 ) -> StepResult:
     """Train ``model`` (the student, or its DDP wrapper) on one batch at schedule step ``step``.
 
     ``generator`` draws the patch mask; ``target_center`` is the dataset-mean teacher embedding
     the per-patch terms are centred on (``train.center_targets``). ``after_forward`` is called
     with the loss between the forward and the backward pass (the dry run reads the forward's
-    FLOPs there).
+    FLOPs there). ``augment_generator`` draws the poses of ``settings.augment`` (default: one
+    seeded by ``step`` alone, ``zeroseg.augment.step_generator``).
     """
     lr = lr_at(step, settings.total_steps, settings.warmup_steps, settings.peak_lr)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    x = batch.images
+    x, views = batch.images, batch.views
+    if settings.augment != "none":
+        if batch.stem_features is not None:
+            raise ValueError("train.augment cannot pose precomputed stem features")
+        g = augment_generator or step_generator(0, step, 0)
+        x, views = augment_batch(x, views, settings.levels, settings.augment, g)
     autocast = (
         torch.autocast(x.device.type, dtype=torch.bfloat16)
         if settings.autocast
@@ -175,7 +185,7 @@ def train_step(
         )
         total, terms = distill_loss(
             out,
-            batch.views,
+            views,
             settings.weights,
             levels=settings.levels,
             dense_levels=settings.dense_levels,

@@ -70,6 +70,7 @@ def test_existing_configs_keep_their_run_folder():
             "log_every_steps",
             "seeds",
             "dense_levels",
+            "augment",
         }
         student = {k: v for k, v in config_to_dict(cfg)["student"].items() if k != "init"}
         old = fingerprint(
@@ -94,6 +95,7 @@ def test_existing_configs_keep_their_run_folder():
         ("train.max_failures=-2", "train.max_failures"),
         ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
         ("train.resource_labl=x", "train.resource_labl"),
+        ("train.augment=rotate", "train.augment"),
     ],
 )
 def test_bad_train_keys_are_named(override, key):
