@@ -295,8 +295,9 @@ def _train_loop(config: dict[str, Any]) -> None:
             center = (summed[:-1] / summed[-1]).float()
     center_dev = center.to(device) if center is not None else None
     raw_model = model.module if hasattr(model, "module") else model
-    stem_bank = None  # a posed image (train.augment) needs the stem run on it, per batch
-    if settings.augment == "none":
+    posed = settings.augment != "none"  # train.augment: draw poses each step
+    stem_bank = None  # a posed image needs the stem run on it, per batch
+    if not posed:
         stem_bank = stem_feature_bank(raw_model, source, device, log=print if rank == 0 else None)
     gen = torch.Generator().manual_seed(tc.seed * 1000 + rank)
     metrics_log = MetricsLog(loop.run_uri, enabled=rank == 0)
@@ -343,7 +344,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             settings,
             generator=gen,
             target_center=center_dev,
-            augment_generator=step_generator(tc.seed, step, rank),
+            augment_generator=step_generator(tc.seed, step, rank) if posed else None,
         )
         step += 1
         if device.type == "cuda":

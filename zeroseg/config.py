@@ -480,13 +480,11 @@ def _check(cfg: Config) -> None:
         "train.lr_scaling": ("none", "mae"),
         "train.precision": ("bf16", "fp32"),
         "train.reader": ("auto", "memory", "stream"),
+        "train.augment": AUGMENT_MODES,
     }
     for key, allowed in choices.items():
         if getattr(cfg.train, key.split(".")[1]) not in allowed:
             problems.append((key, f"must be one of {list(allowed)}"))
-    if cfg.train.augment not in AUGMENT_MODES:
-        why = f"must be one of {list(AUGMENT_MODES)}, got {cfg.train.augment!r}"
-        problems.append(("train.augment", why))
     if cfg.train.multiscale_views not in ("all", "global"):
         problems.append(("train.multiscale_views", "must be 'all' or 'global'"))
     if not cfg.storage.root:
