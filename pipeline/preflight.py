@@ -6,6 +6,7 @@ import uuid
 
 from zeroseg import storage
 from zeroseg.config import Config
+from zeroseg.toy_assets import SHIPPED, ShippedAssetError, verified_shipped_init
 
 
 class PreflightError(RuntimeError):
@@ -54,10 +55,26 @@ def check_readable_folder(uri: str, what: str) -> None:
         raise PreflightError(f"{what}={uri} does not exist")
 
 
+def check_shipped_init_fits(cfg: Config) -> None:
+    """The packaged tower is intact and loads into the configured student (a tiny model: the
+    check costs milliseconds and saves a cluster start that would fail in every worker)."""
+    from zeroseg.config import student_architecture
+    from zeroseg.models import build_student
+    from zeroseg.models.encoder_init import InitMismatch, load_encoder_init
+
+    try:
+        verified_shipped_init()
+        load_encoder_init(build_student(student_architecture(cfg), embed_dim=64), SHIPPED)
+    except (ShippedAssetError, InitMismatch) as exc:
+        raise PreflightError(f"student.init=shipped: {exc}") from None
+
+
 def preflight(cfg: Config, stage: str) -> None:
     """The checks a stage needs; ``run`` generates the world itself when configured to."""
     check_writable(cfg.storage.root, "storage.root")
-    if stage in ("train", "run", "ablate") and cfg.student.init:
+    if stage in ("train", "run", "ablate") and cfg.student.init == SHIPPED:
+        check_shipped_init_fits(cfg)
+    elif stage in ("train", "run", "ablate") and cfg.student.init:
         check_readable_folder(cfg.student.init, "student.init")
     if stage == "extract" or (stage == "run" and not cfg.world.generate):
         check_readable_folder(cfg.data.train, "data.train")

@@ -18,8 +18,9 @@ from typing import Any
 
 from zeroseg import storage
 from zeroseg.checkpoint import CONFIG, FINAL, WEIGHTS
-from zeroseg.config import STUDENT_OVERRIDES, Config, TrainConfig, config_to_dict
+from zeroseg.config import Config, TrainConfig, config_to_dict, student_architecture
 from zeroseg.report import figure_png
+from zeroseg.toy_assets import SHIPPED, shipped_init_record
 from zeroseg.train_step import LOSS_TERMS
 
 from .cache import CacheReader
@@ -80,6 +81,8 @@ def train_fingerprint(cfg: Config, cache_fp: str) -> str:
     student = config_to_dict(cfg)["student"]
     if not student.get("init"):  # added later: a run without an init keeps its folder
         student.pop("init", None)
+    elif student["init"] == SHIPPED:  # the packaged tower: its bytes, wherever installed
+        student["init"] = {"uri": SHIPPED, "sha256": shipped_init_record()["sha256"]}
     else:  # the file itself, not its spelling: a re-pretrained init trains a new run
         uri = storage.normalize(student["init"])
         try:
@@ -87,6 +90,11 @@ def train_fingerprint(cfg: Config, cache_fp: str) -> str:
         except FileNotFoundError:
             student["init"] = {"uri": uri}
     return fingerprint({"cache": cache_fp, "student": student, "train": t})
+
+
+def init_uri(init: str) -> str:
+    """``student.init`` as the workers read it: "shipped" stays a name, a path turns absolute."""
+    return init if init in ("", SHIPPED) else storage.normalize(init)
 
 
 def run_dir(cfg: Config, cache_fp: str) -> tuple[str, str]:
@@ -98,14 +106,7 @@ def run_dir(cfg: Config, cache_fp: str) -> tuple[str, str]:
 def student_config(cfg: Config) -> dict[str, Any]:
     """The run's architecture, flat (the form ``final/config.json`` keeps, so every earlier
     reader loads it): the preset's fields, then ``student.overrides`` in either spelling."""
-    from zeroseg.models import flat_student_config
-    from zeroseg.models import student_config as preset
-
-    merged = dict(preset(cfg.student.preset))
-    merged.update(flat_student_config(cfg.student.overrides, STUDENT_OVERRIDES))
-    if merged.get("stem") == "teacher" and not merged.get("teacher_model"):
-        merged["teacher_model"] = cfg.teacher.model  # the stem copies the run's own teacher
-    return merged
+    return student_architecture(cfg)
 
 
 def _all_reduce_sum(values, device):
@@ -176,7 +177,7 @@ class TrainLoopConfig:
             expected=expected_manifest(cfg, embed_dim),
             reader=reader,
             threads=max(1, int(cfg.train.cpus_per_worker)),
-            init=storage.normalize(cfg.student.init) if cfg.student.init else "",
+            init=init_uri(cfg.student.init),
         )
 
     def to_dict(self) -> dict[str, Any]:

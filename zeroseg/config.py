@@ -19,6 +19,8 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from .toy_assets import SHIPPED
+
 # How the student's pixels get class scores (zeroseg.predict.student_cosines): "segments" (the
 # paper: pixel -> its group -> the group's segment token) or "segments+patches" (beyond the
 # paper: averaged with the student's per-patch projections; needs patch_proj) or "patches" (the
@@ -161,8 +163,9 @@ class StudentConfig:
     # fingerprints, the same.
     overrides: dict[str, Any] = field(default_factory=dict)
     # A pretrained ViT encoder to start from (zeroseg.models.encoder_init): a timm, MAE or
-    # open_clip checkpoint, or the output of `zeroseg student-pretrain`, on any fsspec URI.
-    # Empty: the encoder starts from random weights.
+    # open_clip checkpoint, or the output of `zeroseg student-pretrain`, on any fsspec URI;
+    # "shipped": the packaged small toy CLIP's image tower (needs stem.kind=hybrid,
+    # stem.pos_embed=learned, encoder.depth=3, encoder.mlp_ratio=3). Empty: random weights.
     init: str = ""
 
     def __post_init__(self) -> None:
@@ -518,7 +521,7 @@ def _location_problems(cfg: Config) -> list[tuple[str, str]]:
         "storage.root": cfg.storage.root,
         **{f"data.{k}": getattr(cfg.data, k) for k in ("train", "val", "bench", "generalisation")},
         "teacher.cache_dir": cfg.teacher.cache_dir,
-        "student.init": cfg.student.init,
+        "student.init": "" if cfg.student.init == SHIPPED else cfg.student.init,
         "eval.data_root": cfg.eval.data_root,
         **{f"eval.data_roots.{k}": v for k, v in cfg.eval.data_roots.items()},
     }
@@ -533,7 +536,7 @@ def _location_problems(cfg: Config) -> list[tuple[str, str]]:
     return problems
 
 
-def _architecture(cfg: Config) -> dict[str, Any]:
+def student_architecture(cfg: Config) -> dict[str, Any]:
     """The student's fields: its preset's, then ``student.overrides``, then the teacher stem's
     tower (what the train stage fills in). KeyError for an unknown preset."""
     from .student_config import flat_student_config, student_config
@@ -553,7 +556,7 @@ def _student_problems(cfg: Config) -> list[tuple[str, str]]:
         why = "the student's mask ratio is a training setting: set train.mask_ratio"
         return [("student.overrides.mask_ratio", why)]
     try:
-        merged = _architecture(cfg)
+        merged = student_architecture(cfg)
     except KeyError as exc:
         return [("student.preset", str(exc.args[0]))]
     try:
@@ -663,7 +666,7 @@ def paper_deviations(cfg: Config) -> dict[str, Any]:
     """Where ``cfg`` leaves the paper's recipe (:data:`PAPER_RECIPE`): key -> its value here.
 
     Empty for ``jobs/paper_exact.yaml``; a job's summary can name what it adds to the paper."""
-    arch = _architecture(cfg)
+    arch = student_architecture(cfg)
     out: dict[str, Any] = {}
     for key, paper in PAPER_RECIPE.items():
         section, name = key.split(".")

@@ -372,7 +372,7 @@ def test_shipped_name_loads_the_checked_asset_and_refuses_a_damaged_one(tmp_path
     damaged = tmp_path / "zeroseg-toyclip.safetensors"
     damaged.write_bytes(b"version https://git-lfs.github.com/spec/v1\n")
     monkeypatch.setattr(toy_assets, "SHIPPED_WEIGHTS", damaged)
-    with pytest.raises(toy_assets.ShippedTeacherError, match="not the shipped toy teacher"):
+    with pytest.raises(toy_assets.ShippedAssetError, match="not the shipped toy teacher"):
         Teacher(MODEL_NAME, "shipped")
-    with pytest.raises(toy_assets.ShippedTeacherError):
+    with pytest.raises(toy_assets.ShippedAssetError):
         resolve_teacher(cfg, log=lambda m: None)

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from zeroseg import storage
+from zeroseg.toy_assets import SHIPPED, verified_shipped_init
 
 # Containers that training scripts wrap state dicts in (MAE: "model"; Lightning: "state_dict").
 WRAPPERS = ("model", "state_dict", "module", "model_state")
@@ -243,8 +244,9 @@ def _shape_problems(state: dict[str, torch.Tensor], cfg: Any) -> list[str]:
 
 def load_encoder_init(model: torch.nn.Module, uri: str) -> InitReport:
     """Load ``uri``'s ViT encoder (and an MAE decoder when it has one that fits) into the
-    student ``model``; refuses a checkpoint that would leave any encoder tensor unloaded."""
-    state = read_state_dict(uri)
+    student ``model``; refuses a checkpoint that would leave any encoder tensor unloaded.
+    ``uri="shipped"`` is the packaged small toy CLIP's image tower, checked first."""
+    state = read_state_dict(verified_shipped_init() if uri == SHIPPED else uri)
     kind = checkpoint_kind(state)
     timm_state = to_timm_names(state, kind)
     report = InitReport(uri=uri, kind=kind)
