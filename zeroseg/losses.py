@@ -208,8 +208,8 @@ def color_affinity(
             va, vc = _shifted_pair(valid, dy, dx)
             share = (pa * pc).sum(dim=1).clamp(eps, 1.0 - eps)  # (B, h, w)
             # squared distances against squared thresholds: the same pairs as the L2 norm, at
-            # a fraction of its cost (torch's norm over the channel dim of a strided slice of
-            # the batch was most of a CPU step)
+            # a fraction of its cost on NCHW-contiguous input (torch's CPU norm over the
+            # channel dim of such a strided slice can be most of a training step)
             dist2 = (ca - cc).square().sum(dim=1)
             both = va * vc
             same = (dist2 < same_below**2).float() * both * near
