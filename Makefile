@@ -36,6 +36,7 @@ bench: $(STAMP) ## benchmarks print JSON lines with measured ratios
 	$(BIN)/python bench/extract.py
 	$(BIN)/python bench/train.py
 	$(BIN)/python bench/eval.py
+	$(BIN)/python bench/affinity.py
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -197,34 +197,112 @@ def color_affinity(
     probs = up[:, :-1] / weight.clamp_min(1e-6)
     valid = (weight[:, 0] > 0.25).float()
     colors = F.avg_pool2d(images.float(), 3, stride=1, padding=1, count_include_pad=False)
-    eps = 1e-4
-    same_sum = apart_sum = probs.new_zeros(())
-    same_n = apart_n = probs.new_zeros(())
-    for d in (*dilations, *far):
-        near = float(d in dilations)
-        for dy, dx in ((0, d), (d, 0), (d, d), (d, -d)):
-            pa, pc = _shifted_pair(probs, dy, dx)
-            ca, cc = _shifted_pair(colors, dy, dx)
-            va, vc = _shifted_pair(valid, dy, dx)
-            share = (pa * pc).sum(dim=1).clamp(eps, 1.0 - eps)  # (B, h, w)
+    offsets = affinity_offsets(dilations, far)
+    return _PairColourPrior.apply(probs, colors.detach(), valid, offsets, same_below, apart_above)
+
+
+def affinity_offsets(dilations: Sequence[int], far: Sequence[int]) -> list[tuple[int, int, bool]]:
+    """(dy, dx, near) of every pixel pair the colour prior compares: right, down and both
+    diagonals at each distance; ``near`` for the ``dilations`` (the only ones that pay for
+    splitting a colour)."""
+    return [
+        (dy, dx, d in dilations)
+        for d in (*dilations, *far)
+        for dy, dx in ((0, d), (d, 0), (d, d), (d, -d))
+    ]
+
+
+AFFINITY_OFFSETS = affinity_offsets((1, 2, 4), (8, 16, 32))  # color_affinity's defaults
+
+
+class _PairColourPrior(torch.autograd.Function):
+    """The pair terms of :func:`color_affinity` with a hand-written backward.
+
+    Autograd's backward of each shifted slice allocates a zero-filled gradient of the whole
+    (B, G, H, W) map and adds it in, 48 times a step: about a third of the prior's cost on a
+    CPU. This backward adds every slice's gradient into one buffer instead, in the order the
+    plain graph's engine sums them (last slice first), with the same elementwise formulas, so
+    losses and gradients are bit-identical to it (tests/unit/test_losses.py checks).
+    """
+
+    @staticmethod
+    def forward(ctx, probs, colors, valid, offsets, same_below, apart_above):
+        eps = 1e-4
+        same_sum = apart_sum = probs.new_zeros(())
+        same_n = apart_n = probs.new_zeros(())
+        pairs = []
+        for dy, dx, near in offsets:
+            a, c = _pair_slices(probs.shape[-2:], dy, dx)
+            raw = (probs[a] * probs[c]).sum(dim=1)
+            share = raw.clamp(eps, 1.0 - eps)  # (B, h, w)
             # squared distances against squared thresholds: the same pairs as the L2 norm, at
             # a fraction of its cost on NCHW-contiguous input (torch's CPU norm over the
             # channel dim of such a strided slice can be most of a training step)
-            dist2 = (ca - cc).square().sum(dim=1)
-            both = va * vc
-            same = (dist2 < same_below**2).float() * both * near
+            dist2 = (colors[a] - colors[c]).square().sum(dim=1)
+            both = valid[a[:1] + a[2:]] * valid[c[:1] + c[2:]]
+            same = (dist2 < same_below**2).float() * both * float(near)
             apart = (dist2 > apart_above**2).float() * both
+            rest = 1.0 - share
             same_sum = same_sum - (share.log() * same).sum()
-            apart_sum = apart_sum - ((1.0 - share).log() * apart).sum()
+            apart_sum = apart_sum - (rest.log() * apart).sum()
             same_n, apart_n = same_n + same.sum(), apart_n + apart.sum()
-    return same_sum / same_n.clamp_min(1.0) + apart_sum / apart_n.clamp_min(1.0)
+            pairs.append((a, c, raw, share, rest, same, apart))
+        ctx.pairs, ctx.eps = pairs, eps
+        ctx.counts = same_n.clamp_min(1.0), apart_n.clamp_min(1.0)
+        ctx.save_for_backward(probs)
+        return same_sum / ctx.counts[0] + apart_sum / ctx.counts[1]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (probs,) = ctx.saved_tensors
+        eps = ctx.eps
+        g_same, g_apart = -(grad / ctx.counts[0]), -(grad / ctx.counts[1])
+        out = torch.zeros_like(probs)
+        for a, c, raw, share, rest, same, apart in reversed(ctx.pairs):
+            g = (g_same.expand_as(same) * same) / share - (g_apart.expand_as(apart) * apart) / rest
+            g = torch.where((raw >= eps) & (raw <= 1.0 - eps), g, torch.zeros_like(g))
+            g = g.unsqueeze(1)
+            out[c] += g * probs[a]
+            out[a] += g * probs[c]
+        ctx.pairs = None
+        return out, None, None, None, None, None
 
 
-def _shifted_pair(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two views of ``x`` (..., H, W) whose pixels at equal indices lie (dy, dx) apart."""
-    h, w = x.shape[-2:]
+def _pair_slices(hw: Sequence[int], dy: int, dx: int) -> tuple[tuple, tuple]:
+    """Index tuples (all of dims 0-1, then H, W) of the two views of a (B, C, H, W) map whose
+    pixels at equal indices lie (dy, dx) apart (right, down or diagonal)."""
+    h, w = hw
     left, right = max(0, -dx), max(0, dx)  # columns the shift drops on each side
-    return x[..., : h - dy, left : w - right], x[..., dy:, right : w - left]
+    keep = slice(None)
+    return (
+        (keep, keep, slice(0, h - dy), slice(left, w - right)),
+        (keep, keep, slice(dy, h), slice(right, w - left)),
+    )
+
+
+def pair_terms_by_autograd(
+    probs: torch.Tensor,
+    colors: torch.Tensor,
+    valid: torch.Tensor,
+    offsets: Sequence[tuple[int, int, bool]],
+    same_below: float,
+    apart_above: float,
+) -> torch.Tensor:
+    """The pair terms of :func:`color_affinity` as plain tensor code, every gradient left to
+    autograd: the formulation ``_PairColourPrior`` must match bit for bit, and is timed against
+    (bench/affinity.py)."""
+    same_sum = apart_sum = same_n = apart_n = probs.new_zeros(())
+    for dy, dx, near in offsets:
+        a, c = _pair_slices(probs.shape[-2:], dy, dx)
+        share = (probs[a] * probs[c]).sum(dim=1).clamp(1e-4, 1.0 - 1e-4)
+        dist2 = (colors[a] - colors[c]).square().sum(dim=1)
+        both = valid[a[:1] + a[2:]] * valid[c[:1] + c[2:]]
+        same = (dist2 < same_below**2).float() * both * float(near)
+        apart = (dist2 > apart_above**2).float() * both
+        same_sum = same_sum - (share.log() * same).sum()
+        apart_sum = apart_sum - ((1.0 - share).log() * apart).sum()
+        same_n, apart_n = same_n + same.sum(), apart_n + apart.sum()
+    return same_sum / same_n.clamp_min(1.0) + apart_sum / apart_n.clamp_min(1.0)
 
 
 def target_center(embeddings, normalize: bool = True, chunk: int = 4096) -> torch.Tensor:

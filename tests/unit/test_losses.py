@@ -264,6 +264,28 @@ def test_color_affinity_far_pairs_split_separate_objects():
     assert a == pytest.approx(color_affinity(two.reshape(2, 64, 3), ALL, (8, 8), img, **near))
 
 
+def test_color_affinity_backward_is_bit_identical_to_autograds():
+    from zeroseg.losses import AFFINITY_OFFSETS, _PairColourPrior, pair_terms_by_autograd
+
+    g = torch.Generator().manual_seed(0)
+    probs = torch.rand(3, 5, 32, 40, generator=g).softmax(1)
+    probs[0] = 0.0  # one group everywhere: every share is clamped, so no gradient there
+    probs[0, 0] = 1.0
+    colors = F.interpolate(torch.rand(3, 3, 4, 5, generator=g), size=(32, 40), mode="nearest")
+    colors = colors + 0.01 * torch.rand(3, 3, 32, 40, generator=g)
+    valid = (torch.rand(3, 32, 40, generator=g) > 0.1).float()
+    offsets = AFFINITY_OFFSETS
+    a = probs.clone().requires_grad_(True)
+    b = probs.clone().requires_grad_(True)
+    ours = _PairColourPrior.apply(a, colors, valid, offsets, 0.05, 0.2)
+    plain = pair_terms_by_autograd(b, colors, valid, offsets, 0.05, 0.2)
+    assert torch.equal(ours, plain)
+    (ours * 1.7).backward()
+    (plain * 1.7).backward()
+    assert torch.equal(a.grad, b.grad)
+    assert not a.grad[0].any() and a.grad[1:].abs().sum() > 0  # clamped pairs pass none
+
+
 def test_color_affinity_gradient_and_masked_patches():
     img = _square_scene()
     logits = torch.randn(2, 64, 4, requires_grad=True)
