@@ -186,6 +186,52 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
     assert {"both", "base"} <= {r.split("-")[1] for r in runs if r.startswith("demo-")}
 
 
+def test_scaling_extracts_each_world_size_once_and_reuses_its_cache(
+    ray_local, tmp_path, teacher_cache, capsys
+):
+    """The scaling job's shape on a tiny world: two world sizes, one of them at two epoch
+    counts. Each size is extracted once; its variants train on that cache, and the table, the
+    scaling verdict and the plot come out."""
+    root = str(tmp_path)
+    args = [
+        "ablate",
+        "--config",
+        "jobs/demo.yaml",
+        *tiny_overrides(root, teacher_cache),
+        "world.n_generalisation=0",
+        "eval.overlays=0",
+        "eval.baselines=[grid_crop]",
+        "data.train=${storage.root}/data/train-${world.n_train}",
+        "ablation.variants.scenes_1x=[]",
+        "ablation.variants.scenes_1x_epochs_2x=[train.epochs=4]",
+        "ablation.variants.scenes_2x=[world.n_train=80]",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert out.count("teacher cache extracted once") == 2
+    assert "extracted once for 40 scenes" in out and "extracted once for 80 scenes" in out
+    assert out.count("reusing cache") == 3
+    caches = os.listdir(os.path.join(root, "extract"))
+    assert len(caches) == 2  # one per world size, none for the second epoch count
+    result = json.load(open(os.path.join(root, "ablation", "ablation.json")))
+    rows = result["variants"]
+    assert rows["scenes_1x"]["cache"] == rows["scenes_1x_epochs_2x"]["cache"]
+    assert rows["scenes_2x"]["cache"] != rows["scenes_1x"]["cache"]
+    assert {os.path.basename(r["cache"]) for r in rows.values()} == set(caches)
+    assert rows["scenes_1x"]["samples_seen"] == 10 * 8  # 40 scenes / batch 8 x 2 epochs
+    assert rows["scenes_1x_epochs_2x"]["samples_seen"] == 2 * rows["scenes_1x"]["samples_seen"]
+    assert rows["scenes_2x"]["samples_seen"] == 2 * rows["scenes_1x"]["samples_seen"]
+    checks = result["scaling"]["checks"]  # one chain of scenes, one of epochs
+    assert sorted(checks) == [
+        "epochs at scenes=40: scenes_1x -> scenes_1x_epochs_2x",
+        "scenes at epochs=2: scenes_1x -> scenes_2x",
+    ]
+    png = open(os.path.join(root, "ablation", "scaling.png"), "rb").read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    table = open(os.path.join(root, "ablation", "ablation.md")).read()
+    assert all(os.path.join(root, "extract", c) in table for c in caches)
+
+
 def test_ablation_refuses_a_variant_that_changes_the_cache(tmp_path, capsys):
     args = [
         "ablate",
