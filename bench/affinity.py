@@ -127,26 +127,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     emit = emitter("affinity")
     machine = f"{platform.machine()} {os.cpu_count()} cores, {args.threads} threads"
-    fast, plain = prior_alone(args.batch, args.groups, 64, args.steps)
-    emit(
-        "affinity_fwd_bwd_vs_autograd",
-        fast / plain,
-        None,
-        "ratio",
-        fast_s=round(fast, 4),
-        autograd_s=round(plain, 4),
-        machine=machine,
-    )
-    fast, plain = quality_step(args.batch, args.steps)
-    emit(
-        "quality_step_vs_autograd",
-        fast / plain,
-        None,
-        "ratio",
-        fast_s=round(fast, 4),
-        autograd_s=round(plain, 4),
-        machine=machine,
-    )
+    sides = {
+        "affinity_fwd_bwd_vs_autograd": lambda: prior_alone(
+            args.batch, args.groups, 64, args.steps
+        ),
+        "quality_step_vs_autograd": lambda: quality_step(args.batch, args.steps),
+    }
+    for measure, timed in sides.items():  # each printed as soon as it is measured
+        fast, plain = timed()
+        emit(
+            measure,
+            fast / plain,
+            None,
+            "ratio",
+            fast_s=round(fast, 4),
+            autograd_s=round(plain, 4),
+            machine=machine,
+        )
 
 
 if __name__ == "__main__":

@@ -133,6 +133,15 @@ def trained_steps(final_uri: str) -> int:
     return max((int(r["step"]) for r in rows if "step" in r), default=0)
 
 
+def recorded_train_seconds(final_uri: str, fallback: float) -> float:
+    """The training time a finished run recorded in its ``config.json``: the same whether this
+    ablation trained it or found it done (the stage then takes no time); ``fallback`` for a run
+    that recorded none."""
+    conf = json.loads(storage.read_bytes(storage.join(final_uri, "config.json")))
+    seconds = conf.get("train_seconds")
+    return float(seconds) if seconds is not None else fallback
+
+
 def train_throughput(final_uri: str) -> float:
     """Mean training samples/s over the logged windows, the first (warm-up) one left out."""
     text = storage.read_bytes(storage.join(final_uri, "metrics.jsonl")).decode()
@@ -242,7 +251,8 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         up = upstream_of(cfg)
         log(f"[ablation] variant {i}/{len(variants)} {name!r}: reusing cache {up.cache}")
         out = run_stages(cfg, ["train", "eval"], log, cache=up.cache, teacher=up.teacher)
-        final, train_s = out.final, out.timings["train"]
+        final = out.final
+        train_s = recorded_train_seconds(final, out.timings["train"])
         metrics = next(iter(out.metrics.values()))
         steps = trained_steps(final)
         rows[name] = {

@@ -230,6 +230,14 @@ def test_scaling_extracts_each_world_size_once_and_reuses_its_cache(
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     table = open(os.path.join(root, "ablation", "ablation.md")).read()
     assert all(os.path.join(root, "extract", c) in table for c in caches)
+    # a rerun finds every variant done: nothing trains again, the table keeps its numbers
+    assert main(args) == 0
+    again = json.load(open(os.path.join(root, "ablation", "ablation.json")))["variants"]
+    assert len(os.listdir(os.path.join(root, "extract"))) == 2
+    for name, row in rows.items():
+        assert again[name]["checkpoint"] == row["checkpoint"]
+        assert again[name]["miou"] == row["miou"]
+        assert again[name]["train_s"] == row["train_s"] > 0  # the run's own, not the rerun's
 
 
 def test_ablation_refuses_a_variant_that_changes_the_cache(tmp_path, capsys):
