@@ -227,35 +227,16 @@ class _PairColourPrior(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, probs, colors, valid, offsets, same_below, apart_above):
-        eps = 1e-4
-        same_sum = apart_sum = probs.new_zeros(())
-        same_n = apart_n = probs.new_zeros(())
-        pairs = []
-        for dy, dx, near in offsets:
-            a, c = _pair_slices(probs.shape[-2:], dy, dx)
-            raw = (probs[a] * probs[c]).sum(dim=1)
-            share = raw.clamp(eps, 1.0 - eps)  # (B, h, w)
-            # squared distances against squared thresholds: the same pairs as the L2 norm, at
-            # a fraction of its cost on NCHW-contiguous input (torch's CPU norm over the
-            # channel dim of such a strided slice can be most of a training step)
-            dist2 = (colors[a] - colors[c]).square().sum(dim=1)
-            both = valid[a[:1] + a[2:]] * valid[c[:1] + c[2:]]
-            same = (dist2 < same_below**2).float() * both * float(near)
-            apart = (dist2 > apart_above**2).float() * both
-            rest = 1.0 - share
-            same_sum = same_sum - (share.log() * same).sum()
-            apart_sum = apart_sum - (rest.log() * apart).sum()
-            same_n, apart_n = same_n + same.sum(), apart_n + apart.sum()
-            pairs.append((a, c, raw, share, rest, same, apart))
-        ctx.pairs, ctx.eps = pairs, eps
-        ctx.counts = same_n.clamp_min(1.0), apart_n.clamp_min(1.0)
+        pairs: list[tuple] = []
+        loss, counts = _pair_terms(probs, colors, valid, offsets, same_below, apart_above, pairs)
+        ctx.pairs, ctx.counts = pairs, counts
         ctx.save_for_backward(probs)
-        return same_sum / ctx.counts[0] + apart_sum / ctx.counts[1]
+        return loss
 
     @staticmethod
     def backward(ctx, grad):
         (probs,) = ctx.saved_tensors
-        eps = ctx.eps
+        eps = PAIR_EPS
         g_same, g_apart = -(grad / ctx.counts[0]), -(grad / ctx.counts[1])
         out = torch.zeros_like(probs)
         for a, c, raw, share, rest, same, apart in reversed(ctx.pairs):
@@ -280,6 +261,43 @@ def _pair_slices(hw: Sequence[int], dy: int, dx: int) -> tuple[tuple, tuple]:
     )
 
 
+PAIR_EPS = 1e-4  # shares are clamped to [eps, 1 - eps] before their logs
+
+
+def _pair_terms(
+    probs: torch.Tensor,
+    colors: torch.Tensor,
+    valid: torch.Tensor,
+    offsets: Sequence[tuple[int, int, bool]],
+    same_below: float,
+    apart_above: float,
+    keep: list | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The colour prior's pair terms and their (clamped) pair counts; with ``keep``, each
+    offset's slices and intermediate maps are appended to it for the hand-written backward."""
+    same_sum = apart_sum = probs.new_zeros(())
+    same_n = apart_n = probs.new_zeros(())
+    for dy, dx, near in offsets:
+        a, c = _pair_slices(probs.shape[-2:], dy, dx)
+        raw = (probs[a] * probs[c]).sum(dim=1)
+        share = raw.clamp(PAIR_EPS, 1.0 - PAIR_EPS)  # (B, h, w)
+        # squared distances against squared thresholds: the same pairs as the L2 norm, at a
+        # fraction of its cost on NCHW-contiguous input (torch's CPU norm over the channel dim
+        # of such a strided slice can be most of a training step)
+        dist2 = (colors[a] - colors[c]).square().sum(dim=1)
+        both = valid[a[:1] + a[2:]] * valid[c[:1] + c[2:]]
+        same = (dist2 < same_below**2).float() * both * float(near)
+        apart = (dist2 > apart_above**2).float() * both
+        rest = 1.0 - share
+        same_sum = same_sum - (share.log() * same).sum()
+        apart_sum = apart_sum - (rest.log() * apart).sum()
+        same_n, apart_n = same_n + same.sum(), apart_n + apart.sum()
+        if keep is not None:
+            keep.append((a, c, raw, share, rest, same, apart))
+    counts = same_n.clamp_min(1.0), apart_n.clamp_min(1.0)
+    return same_sum / counts[0] + apart_sum / counts[1], counts
+
+
 def pair_terms_by_autograd(
     probs: torch.Tensor,
     colors: torch.Tensor,
@@ -288,21 +306,9 @@ def pair_terms_by_autograd(
     same_below: float,
     apart_above: float,
 ) -> torch.Tensor:
-    """The pair terms of :func:`color_affinity` as plain tensor code, every gradient left to
-    autograd: the formulation ``_PairColourPrior`` must match bit for bit, and is timed against
-    (bench/affinity.py)."""
-    same_sum = apart_sum = same_n = apart_n = probs.new_zeros(())
-    for dy, dx, near in offsets:
-        a, c = _pair_slices(probs.shape[-2:], dy, dx)
-        share = (probs[a] * probs[c]).sum(dim=1).clamp(1e-4, 1.0 - 1e-4)
-        dist2 = (colors[a] - colors[c]).square().sum(dim=1)
-        both = valid[a[:1] + a[2:]] * valid[c[:1] + c[2:]]
-        same = (dist2 < same_below**2).float() * both * float(near)
-        apart = (dist2 > apart_above**2).float() * both
-        same_sum = same_sum - (share.log() * same).sum()
-        apart_sum = apart_sum - ((1.0 - share).log() * apart).sum()
-        same_n, apart_n = same_n + same.sum(), apart_n + apart.sum()
-    return same_sum / same_n.clamp_min(1.0) + apart_sum / apart_n.clamp_min(1.0)
+    """The same pair terms with every gradient left to autograd: what ``_PairColourPrior``'s
+    backward must match bit for bit, and is timed against (bench/affinity.py)."""
+    return _pair_terms(probs, colors, valid, offsets, same_below, apart_above)[0]
 
 
 def target_center(embeddings, normalize: bool = True, chunk: int = 4096) -> torch.Tensor:
