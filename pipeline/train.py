@@ -63,6 +63,7 @@ LATER_RECIPE_DEFAULTS = {
     "num_workers": 1,
     "dense_levels": [],
     "augment": "none",
+    "w_region": 0.0,
 }
 # Amount of train.resource_label each worker asks for: the label pins workers to nodes that
 # offer it without competing for it.

@@ -223,6 +223,10 @@ class TrainConfig:
     # A pairwise colour prior on the grouping (neighbouring pixels of one colour share a group,
     # of clearly different colours do not).
     w_affinity: float = 0.0
+    # Each view's embedding against the mean of the per-patch projections over the patches its
+    # box holds (every level in use): patches inside a cell may differ as long as their mean
+    # agrees, so the boxes together locate the object (zeroseg.losses.region_pooling).
+    w_region: float = 0.0
     # Score the per-patch terms as cosine after subtracting the dataset-mean teacher embedding,
     # so differences between classes dominate them.
     center_targets: bool = False
@@ -405,6 +409,7 @@ NUMERIC_RULES: dict[str, Bound] = {
     "train.w_dense": _WEIGHT,
     "train.w_patch": _WEIGHT,
     "train.w_affinity": _WEIGHT,
+    "train.w_region": _WEIGHT,
     "train.grad_clip": Bound(0, note="0 = no clipping"),
     "train.max_steps": Bound(0, note="0 = every epoch"),
     "train.checkpoint_every_minutes": Bound(0, note="0 = off"),
@@ -651,6 +656,7 @@ PAPER_RECIPE: dict[str, Any] = {
     "train.w_dense": 0.0,
     "train.w_patch": 0.0,
     "train.w_affinity": 0.0,
+    "train.w_region": 0.0,
     "train.center_targets": False,
     "eval.student_readout": "segments",
     "student.stem": "patch",

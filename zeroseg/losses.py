@@ -22,6 +22,11 @@ their cell and segments toward their patches' cells. ``patch`` regresses a per-p
 of the encoder tokens onto the same targets. ``affinity`` ties the grouping to the image
 itself: neighbouring pixels of nearly the same colour should share a group and pixels of clearly
 different colours should not (a pairwise colour prior, as weakly supervised segmentation uses).
+``region`` gives every view its own target the way the teacher made it: the mean of the per-patch
+projections over the patches the view's box covers must point where the view's embedding does.
+Unlike ``patch``, which pulls every patch of a cell to that cell's embedding (its best fit is
+the blocky cell map itself), it leaves the patches inside a box free to differ as long as their
+mean agrees, so the overlapping boxes of all levels together say which patches carry the object.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ DEFAULT_WEIGHTS = {
     "dense": 0.0,
     "patch": 0.0,
     "affinity": 0.0,
+    "region": 0.0,
 }
 _REDUCTIONS = ("mean", "sum")
 DENSE_MODES = ("mean", "min")
@@ -91,6 +97,19 @@ def segment_matching(
     return _l1(segments, target, dim_reduction).sum(dim=1).mean()
 
 
+def _cell_of(
+    patch_index: torch.Tensor, grid_hw: tuple[int, int] | torch.Tensor, n: int
+) -> torch.Tensor:
+    """Row-major index of the cell of an n x n grid that holds each patch's centre, for raster
+    positions ``patch_index`` on a ``grid_hw`` patch grid."""
+    gh, gw = (int(v) for v in grid_hw)
+    rows = (patch_index // gw).to(torch.float64)
+    cols = (patch_index % gw).to(torch.float64)
+    r = ((rows + 0.5) * n / gh).floor().long().clamp_(0, n - 1)
+    c = ((cols + 0.5) * n / gw).floor().long().clamp_(0, n - 1)
+    return r * n + c
+
+
 def patch_cell_targets(
     views: torch.Tensor,
     patch_index: torch.Tensor,
@@ -104,9 +123,6 @@ def patch_cell_targets(
     ``patch_index`` (B, N') are raster positions on a ``grid_hw`` patch grid. A patch belongs to
     the cell containing its centre.
     """
-    gh, gw = (int(v) for v in grid_hw)
-    rows = (patch_index // gw).to(torch.float64)
-    cols = (patch_index % gw).to(torch.float64)
     offsets, start = {}, 0
     for n in levels:
         offsets[n] = start
@@ -117,13 +133,42 @@ def patch_cell_targets(
     for n in target_levels:
         if n not in offsets:
             raise ValueError(f"target level {n} not among the view levels {tuple(levels)}")
-        r = ((rows + 0.5) * n / gh).floor().long().clamp_(0, n - 1)
-        c = ((cols + 0.5) * n / gw).floor().long().clamp_(0, n - 1)
-        idx.append(offsets[n] + r * n + c)
+        idx.append(offsets[n] + _cell_of(patch_index, grid_hw, n))
     index = torch.stack(idx, dim=-1)  # (B, N', L)
     b, npatch, nl = index.shape
     flat = views.gather(1, index.reshape(b, -1, 1).expand(-1, -1, views.shape[-1]))
     return flat.reshape(b, npatch, nl, views.shape[-1])
+
+
+def region_membership(
+    patch_index: torch.Tensor,
+    grid_hw: tuple[int, int] | torch.Tensor,
+    levels: Sequence[int] = DEFAULT_LEVELS,
+) -> torch.Tensor:
+    """(B, N', V) one-hot: which view of every level holds each patch (the cell containing the
+    patch's centre, as :func:`patch_cell_targets` decides), views laid out by ``levels``."""
+    return torch.cat([F.one_hot(_cell_of(patch_index, grid_hw, n), n * n) for n in levels], -1)
+
+
+def region_pooling(
+    patch_embeds: torch.Tensor,
+    cell_targets: torch.Tensor,
+    membership: torch.Tensor,
+    center: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``1 - cos`` between each view's embedding and the mean of the per-patch projections
+    (B, N', D) over the patches its box holds, averaged over the views that hold a visible
+    patch and over the batch. ``cell_targets`` (B, V, D) and ``membership`` (B, N', V) share
+    the view layout; ``center`` (D,) is subtracted from the pooled means and the targets."""
+    weights = membership.to(patch_embeds.dtype)
+    counts = weights.sum(dim=1)  # (B, V)
+    pooled = torch.einsum("bnv,bnd->bvd", weights, patch_embeds) / counts.clamp(min=1)[..., None]
+    targets = cell_targets
+    if center is not None:
+        pooled, targets = pooled - center, targets - center
+    dist = 1 - F.cosine_similarity(pooled, targets, dim=-1)  # (B, V)
+    seen = (counts > 0).to(dist.dtype)
+    return (dist * seen).sum() / seen.sum().clamp(min=1)
 
 
 def dense_assignment(
@@ -409,6 +454,16 @@ def distill_loss(
             if center is not None:
                 pe = pe - center
             terms["patch"] = patch_regression(pe, cells, dim_reduction, distance)
+    if w["region"]:
+        if "patch_embeds" not in out:
+            raise KeyError("the region loss needs a student built with patch_proj=True")
+        center = None if target_center is None else target_center.to(targets.dtype)
+        terms["region"] = region_pooling(
+            out["patch_embeds"],
+            targets,
+            region_membership(out["patch_index"], out["grid_hw"], levels),
+            center,
+        )
     if w["affinity"]:
         if images is None:
             raise ValueError("the affinity term needs the batch's images")

@@ -19,7 +19,7 @@ from zeroseg.config import TrainConfig
 from zeroseg.losses import distill_loss
 
 # Every distillation term, in the order ``train.w_<term>`` lists them.
-LOSS_TERMS = ("multiscale", "matching", "recon", "dense", "patch", "affinity")
+LOSS_TERMS = ("multiscale", "matching", "recon", "dense", "patch", "affinity", "region")
 # Per-step diagnostics the student reports next to its outputs, logged with the losses.
 STUDENT_STATS = ("assign_logit_std", "groups_used")
 

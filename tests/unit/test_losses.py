@@ -326,3 +326,65 @@ def test_distill_loss_affinity_term_needs_images():
     assert total.item() == pytest.approx(base.item() + 2 * terms["affinity"].item(), rel=1e-5)
     with pytest.raises(ValueError, match="images"):
         distill_loss(out, views, weights={"affinity": 1.0})
+
+
+def test_region_membership_puts_each_patch_in_one_view_per_level():
+    from zeroseg.losses import patch_cell_targets, region_membership
+
+    idx = torch.tensor([[0, 1, 8, 9, 7, 63, 2, 27]])
+    m = region_membership(idx, (8, 8), (1, 2, 3, 4))
+    assert m.shape == (1, 8, 30)
+    assert m.sum(dim=-1).tolist() == [[4] * 8]  # one cell of each of the four levels
+    # the same cells the per-patch targets pick
+    views = torch.arange(30.0).view(1, 30, 1)
+    cells = patch_cell_targets(views, idx, (8, 8), target_levels=(1, 2, 3, 4))[0, :, :, 0]
+    assert (m[0].nonzero()[:, 1].view(8, 4) == cells.long()).all()
+
+
+def test_region_pooling_scores_the_mean_of_each_views_patches():
+    from zeroseg.losses import region_membership, region_pooling
+
+    # a 2x2 patch grid, one level of 2x2 cells plus the whole image: patch i is view 1 + i
+    idx = torch.arange(4).view(1, 4)
+    m = region_membership(idx, (2, 2), (1, 2))
+    e = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
+    # the whole-image view is the mean (1, 1) direction; each cell is its own patch
+    views = torch.tensor([[[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]]])
+    assert region_pooling(e, F.normalize(views, dim=-1), m).item() == pytest.approx(0.0, abs=1e-6)
+    # patches inside a box may differ: only their mean is scored
+    coarse = region_membership(idx, (2, 2), (1,))
+    assert region_pooling(e, views[:, :1], coarse).item() == pytest.approx(0.0, abs=1e-6)
+    # a wrong patch costs exactly its own view (1 - cos 90 deg) and tilts the global mean
+    bad = e.clone()
+    bad[0, 0] = torch.tensor([0.0, 1.0])
+    cos_global = F.cosine_similarity(bad.mean(1), views[:, 0], dim=-1).item()
+    expected = (1 + (1 - cos_global)) / 5
+    assert region_pooling(bad, views, m).item() == pytest.approx(expected, rel=1e-5)
+    # views without a visible patch are left out of the mean
+    visible = torch.tensor([[0, 3]])
+    part = region_pooling(e[:, [0, 3]], views, region_membership(visible, (2, 2), (1, 2)))
+    assert part.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_distill_loss_region_term_opt_in_and_centred():
+    torch.manual_seed(5)
+    b, n, d = 2, 64, 8
+    out = {
+        "z": torch.randn(b, d),
+        "segments": torch.randn(b, 4, d),
+        "recon_loss": torch.tensor(0.0),
+        "patch_index": torch.arange(n).expand(b, n),
+        "grid_hw": torch.tensor([8, 8]),
+    }
+    views = torch.randn(b, 30, d)
+    with pytest.raises(KeyError):
+        distill_loss(out, views, weights={"region": 1.0})  # needs patch_embeds
+    out["patch_embeds"] = torch.randn(b, n, d, requires_grad=True)
+    base, _ = distill_loss(out, views)
+    total, terms = distill_loss(out, views, weights={"region": 3.0})
+    assert total.item() == pytest.approx(base.item() + 3 * terms["region"].item(), rel=1e-5)
+    total.backward()
+    assert out["patch_embeds"].grad.abs().sum() > 0
+    center = torch.randn(d)
+    _, centred = distill_loss(out, views, weights={"region": 1.0}, target_center=center)
+    assert centred["region"].item() != pytest.approx(terms["region"].item())

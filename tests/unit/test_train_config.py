@@ -73,6 +73,7 @@ def test_existing_configs_keep_their_run_folder():
             "seeds",
             "dense_levels",
             "augment",
+            "w_region",
         }
         student = {k: v for k, v in config_to_dict(cfg)["student"].items() if k != "init"}
         old = fingerprint(
