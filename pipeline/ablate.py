@@ -59,10 +59,15 @@ def variant_configs(path: str | None, overrides: list[str], base: Config) -> dic
     return out
 
 
-def scaling_checks(rows: dict[str, dict[str, Any]], tolerance: float = 0.005) -> dict | None:
+def scaling_checks(
+    rows: dict[str, dict[str, Any]], tolerance: float = 0.005, key: str = "miou"
+) -> dict | None:
     """Whether the student gets no worse as data or epochs grow: along every chain of variants
     that differ only in scenes (at equal epochs) or only in epochs (at equal scenes), each
-    mIoU is at least the previous one minus ``tolerance``. None unless something grows."""
+    score ``key`` (``miou``: the benchmark; ``gen_miou``: the generalisation split) is at least
+    the previous one minus ``tolerance``. None unless something grows (or a row lacks ``key``)."""
+    if any(r.get(key) is None for r in rows.values() if "n_train" in r):
+        return None
     chains: list[tuple[str, list[str]]] = []
     for fixed, grows in (("epochs", "n_train"), ("n_train", "epochs")):
         groups: dict[Any, list[str]] = {}
@@ -78,15 +83,14 @@ def scaling_checks(rows: dict[str, dict[str, Any]], tolerance: float = 0.005) ->
         return None
     checks = {}
     for label, names in chains:
-        steps = [
-            rows[b]["miou"] >= rows[a]["miou"] - tolerance for a, b in zip(names[:-1], names[1:])
-        ]
+        steps = [rows[b][key] >= rows[a][key] - tolerance for a, b in zip(names[:-1], names[1:])]
         checks[f"{label}: {' -> '.join(names)}"] = all(steps)
     return {"holds": all(checks.values()), "checks": checks, "tolerance": tolerance}
 
 
 def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
-    """mIoU against training samples seen, one line per world size (epochs grow along it)."""
+    """mIoU against training samples seen, one line per world size (epochs grow along it);
+    the generalisation split dashed in the same colour where the rows have it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -100,9 +104,16 @@ def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
             for name, r in rows.items()
             if r.get("n_train") == n and not r.get("same_as")
         )
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{n} scenes")
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=f"{n} scenes")
         for x, y, name in pts:
             ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        gen = sorted(
+            (r["samples_seen"], r["gen_miou"] * 100)
+            for r in rows.values()
+            if r.get("n_train") == n and not r.get("same_as") and r.get("gen_miou") is not None
+        )
+        if gen:
+            ax.plot(*zip(*gen), "s--", color=line.get_color(), alpha=0.7, label=f"{n}, gen. split")
     ax.set_xscale("log")
     ax.set_xlabel("training samples seen")
     ax.set_ylabel("student mIoU (%)")
@@ -163,27 +174,38 @@ def paper_order(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     return {"holds": all(checks.values()), "checks": checks}
 
 
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
 def format_table(result: dict[str, Any]) -> str:
+    # a generalisation column only when the job scored that split
+    gen = any(r.get("gen_miou") is not None for r in result["variants"].values())
+    gen_head, gen_rule = (" generalisation mIoU |", "---|") if gen else ("", "")
     lines = [
-        "| variant | overrides | student mIoU | train samples/s | train s |",
-        "|---|---|---|---|---|",
+        f"| variant | overrides | student mIoU |{gen_head} train samples/s | train s |",
+        f"|---|---|---|{gen_rule}---|---|",
     ]
     for name in result["order"]:
         r = result["variants"][name]
         over = ", ".join(f"`{o}`" for o in r["overrides"]) or "(job config)"
         if r.get("same_as"):
             over += f" (same run as {r['same_as']})"
+        gen_cell = f" {_pct(r.get('gen_miou'))} |" if gen else ""
         lines.append(
-            f"| {name} | {over} | {r['miou'] * 100:.1f}% | {r['samples_per_s']:.0f} | "
+            f"| {name} | {over} | {r['miou'] * 100:.1f}% |{gen_cell} {r['samples_per_s']:.0f} | "
             f"{r['train_s']:.0f} |"
         )
     from zeroseg.config import BASELINE_METHODS
 
     baselines = result.get("baselines") or {}
+    gen_baselines = result.get("baselines_generalisation") or {}
     for name in sorted(baselines, key=lambda m: BASELINE_METHODS.index(m)):
         # the same benchmark and protocol, the teacher alone: what training has to beat
+        gen_cell = f" {_pct(gen_baselines.get(name))} |" if gen else ""
         lines.append(
-            f"| {name} | teacher only, no training | {baselines[name] * 100:.1f}% | — | — |"
+            f"| {name} | teacher only, no training | {baselines[name] * 100:.1f}% |{gen_cell} "
+            "— | — |"
         )
     order = result.get("paper_order")
     if order is not None:
@@ -196,20 +218,28 @@ def format_table(result: dict[str, Any]) -> str:
     scaling = result.get("scaling")
     if scaling is not None:
         lines.append("")
-        lines.append("| variant | scenes | epochs | steps | samples seen | student mIoU |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append(
+            f"| variant | scenes | epochs | steps | samples seen | student mIoU |{gen_head}"
+        )
+        lines.append(f"|---|---|---|---|---|---|{gen_rule}")
         for name in result["order"]:
             r = result["variants"][name]
             if "n_train" in r and not r.get("same_as"):
+                gen_cell = f" {_pct(r.get('gen_miou'))} |" if gen else ""
                 lines.append(
                     f"| {name} | {r['n_train']} | {r['epochs']} | {r['steps']} | "
-                    f"{r['samples_seen']} | {r['miou'] * 100:.1f}% |"
+                    f"{r['samples_seen']} | {r['miou'] * 100:.1f}% |{gen_cell}"
                 )
         verdict = "holds" if scaling["holds"] else "does not hold"
         tol = scaling["tolerance"] * 100
         lines.append("")
         lines.append(f"No drop of more than {tol:.1f} points as data or epochs grow: {verdict}.")
         lines += [f"- {k}: {'yes' if v else 'no'}" for k, v in scaling["checks"].items()]
+        on_gen = result.get("scaling_generalisation")
+        if on_gen is not None:
+            verdict = "holds" if on_gen["holds"] else "does not hold"
+            lines.append(f"On the generalisation split the same check {verdict}:")
+            lines += [f"- {k}: {'yes' if v else 'no'}" for k, v in on_gen["checks"].items()]
     caches = sorted({r.get("cache", result["cache"]) for r in result["variants"].values()})
     lines.append("")
     if len(caches) == 1:
@@ -217,6 +247,11 @@ def format_table(result: dict[str, Any]) -> str:
     else:
         lines.append("One cache per world size: " + ", ".join(f"`{c}`" for c in caches) + ".")
     return "\n".join(lines)
+
+
+def _generalisation(entry: dict[str, Any]) -> float | None:
+    """A method's mIoU on the generalisation split, None when the job scored none."""
+    return (entry.get("generalisation") or {}).get("miou")
 
 
 def run_ablation(path: str | None, overrides: list[str], base: Config, log=print) -> dict[str, Any]:
@@ -258,6 +293,7 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         rows[name] = {
             "overrides": list(base.ablation.variants[name]),
             "miou": metrics["student"]["miou"],
+            "gen_miou": _generalisation(metrics["student"]),
             "per_class": metrics["student"]["per_class"],
             "rule": metrics["student"]["rule"],
             "samples_per_s": train_throughput(final),
@@ -281,7 +317,11 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         "variants": rows,
         "paper_order": paper_order(rows),
         "scaling": scaling_checks(rows),
+        "scaling_generalisation": scaling_checks(rows, key="gen_miou"),
         "baselines": {k: v["miou"] for k, v in metrics["baselines"].items()},
+        "baselines_generalisation": {
+            k: _generalisation(v) for k, v in metrics["baselines"].items() if _generalisation(v)
+        },
         "code": code_version(),
         "created_at": now(),
     }

@@ -146,10 +146,38 @@ def test_a_variant_that_grows_the_world_needs_its_own_training_split():
     base = load_config("jobs/scaling.yaml", [])
     variants = variant_configs("jobs/scaling.yaml", [], base)
     folders = {c.data.train for c in variants.values()}
-    assert folders == {f"runs/scaling/data/train-{n}" for n in (1500, 3000, 6000)}
+    assert folders == {f"runs/scaling/data/train-{n}" for n in (750, 1500, 3000)}
     base = load_config("jobs/ablation.yaml", ["ablation.variants={big: [world.n_train=9]}"])
     with pytest.raises(ConfigError, match="name the split after its size"):
         variant_configs("jobs/ablation.yaml", ["ablation.variants={big: [world.n_train=9]}"], base)
     base = load_config("jobs/ablation.yaml", ["ablation.variants={x: [world.seed=3]}"])
     with pytest.raises(ConfigError, match="would change the shared cache"):
         variant_configs("jobs/ablation.yaml", ["ablation.variants={x: [world.seed=3]}"], base)
+
+
+def test_scaling_table_and_checks_carry_the_generalisation_split():
+    from pipeline.ablate import scaling_checks, scaling_plot_png
+
+    variants = {
+        "s1": {**_scaled(0.30, 1500, 12), "gen_miou": 0.25},
+        "s2": {**_scaled(0.32, 3000, 12), "gen_miou": 0.21},  # better here, 4 points worse there
+    }
+    result = {
+        "cache": "/c/extract/1500",
+        "order": ["s1", "s2"],
+        "variants": variants,
+        "scaling": scaling_checks(variants),
+        "scaling_generalisation": scaling_checks(variants, key="gen_miou"),
+        "baselines": {"grid_crop": 0.268},
+        "baselines_generalisation": {"grid_crop": 0.251},
+    }
+    assert result["scaling"]["holds"] and not result["scaling_generalisation"]["holds"]
+    table = format_table(result)
+    assert "| s2 | 3000 | 12 | 552 | 35328 | 32.0% | 21.0% |" in table
+    assert "| grid_crop | teacher only, no training | 26.8% | 25.1% | — | — |" in table
+    assert "On the generalisation split the same check does not hold:" in table
+    assert "- scenes at epochs=12: s1 -> s2: no" in table
+    # a job without that split keeps the plain columns and makes no check of it
+    del variants["s1"]["gen_miou"]
+    assert scaling_checks(variants, key="gen_miou") is None
+    assert scaling_plot_png(variants)[:8] == b"\x89PNG\r\n\x1a\n"
