@@ -142,8 +142,10 @@ def test_shapes_jobs_are_the_paper_plus_one_overlay():
     paper = JOBS_DIR / "paper_exact.yaml"
     demo = JOBS_DIR / "demo.yaml"
     assert config_files(demo) == [paper, overlay, demo]
-    for name in ("quality.yaml", "ablation.yaml"):
-        assert config_files(JOBS_DIR / name) == [paper, overlay, demo, JOBS_DIR / name]
+    quality = JOBS_DIR / "quality.yaml"
+    assert config_files(quality) == [paper, overlay, demo, quality]
+    ablation = JOBS_DIR / "ablation.yaml"  # the ablations vary the quality job's student
+    assert config_files(ablation) == [paper, overlay, demo, quality, ablation]
     raw = yaml.safe_load(overlay.read_text())
     assert set(raw) == {"student", "train", "eval"}  # a recipe: no world, teacher or cache
     deviations = paper_deviations(load_config(str(demo)))
