@@ -320,7 +320,7 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         "scaling_generalisation": scaling_checks(rows, key="gen_miou"),
         "baselines": {k: v["miou"] for k, v in metrics["baselines"].items()},
         "baselines_generalisation": {
-            k: _generalisation(v) for k, v in metrics["baselines"].items() if _generalisation(v)
+            k: g for k, v in metrics["baselines"].items() if (g := _generalisation(v)) is not None
         },
         "code": code_version(),
         "created_at": now(),
