@@ -26,8 +26,24 @@ VARIANT_SECTIONS = ("train", "student", "eval")
 # data.train=${storage.root}/data/train-${world.n_train}), so two sizes never share a folder.
 VARIANT_WORLD_KEYS = ("world.n_train",)
 
-# The paper's loss ablation (VOC mIoU 21.1 < 28.5 < 38.6 <= 40.8) as variant names.
-PAPER_ORDER = ("base", "multiscale", "matching", "both")
+# The paper's ablations as chains of variant names, each with the VOC mIoU it reports: losses
+# 21.1 < 28.5 < 38.6 <= 40.8, grids {1} 21.1 < {1,3} 40.2 < {1,2,3,4} 40.8, mask ratio 0 35.6 <
+# 0.6 40.8. A family is checked when the job ran every variant it names.
+PAPER_ORDERINGS: dict[str, tuple[tuple[str, str, str], ...]] = {
+    "losses (base < +multi-scale < +matching <= both)": (
+        ("base", "<", "multiscale"),
+        ("multiscale", "<", "matching"),
+        ("matching", "<=", "both"),
+    ),
+    "grids ({1} < {1,3} < {1,2,3,4})": (
+        ("grid_1", "<", "grid_1_3"),
+        ("grid_1_3", "<", "grid_1_2_3_4"),
+    ),
+    "mask ratio (0 < 0.6)": (("mask_0", "<", "mask_60"),),
+}
+# The paper's read-out alone (each pixel its group's segment token) against the teacher's own
+# cell classifier: the variant and the baseline a trained student must beat.
+SEGMENT_READOUT = ("readout_segments", "grid_crop")
 
 
 def variant_configs(path: str | None, overrides: list[str], base: Config) -> dict[str, Config]:
@@ -161,17 +177,37 @@ def train_throughput(final_uri: str) -> float:
     return sum(rates) / len(rates) if rates else 0.0
 
 
-def paper_order(rows: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Whether base < multiscale < matching <= both holds here (None without those four)."""
-    if not all(n in rows for n in PAPER_ORDER):
+def paper_orderings(rows: dict[str, dict[str, Any]], key: str = "miou") -> dict[str, Any]:
+    """Each of the paper's orderings the job ran all variants of: whether every step of it
+    holds on ``key`` (``miou`` for the benchmark, ``gen_miou`` for the generalisation split)."""
+    out = {}
+    for family, chain in PAPER_ORDERINGS.items():
+        names = {n for a, _, b in chain for n in (a, b)}
+        if not all(rows.get(n, {}).get(key) is not None for n in names):
+            continue
+        checks = {}
+        for a, op, b in chain:
+            lo, hi = rows[a][key], rows[b][key]
+            checks[f"{a} {op} {b}"] = lo < hi if op == "<" else lo <= hi
+        out[family] = {"holds": all(checks.values()), "checks": checks}
+    return out
+
+
+def segment_readout_check(
+    rows: dict[str, dict[str, Any]], baselines: dict[str, float], key: str = "miou"
+) -> dict[str, Any] | None:
+    """The segment read-out alone against grid_crop (None when the job lacks either)."""
+    variant, baseline = SEGMENT_READOUT
+    score, bar = rows.get(variant, {}).get(key), baselines.get(baseline)
+    if score is None or bar is None:
         return None
-    m = [rows[n]["miou"] for n in PAPER_ORDER]
-    checks = {
-        "base < multiscale": m[0] < m[1],
-        "multiscale < matching": m[1] < m[2],
-        "matching <= both": m[2] <= m[3],
+    return {
+        "variant": variant,
+        "baseline": baseline,
+        "miou": score,
+        "bar": bar,
+        "beats": score > bar,
     }
-    return {"holds": all(checks.values()), "checks": checks}
 
 
 def _pct(value: float | None) -> str:
@@ -207,14 +243,31 @@ def format_table(result: dict[str, Any]) -> str:
             f"| {name} | teacher only, no training | {baselines[name] * 100:.1f}% |{gen_cell} "
             "— | — |"
         )
-    order = result.get("paper_order")
-    if order is not None:
-        verdict = "holds" if order["holds"] else "does not hold"
-        detail = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in order["checks"].items())
-        lines.append("")
-        lines.append(
-            f"Paper ordering (base < +multi-scale < +matching <= both) {verdict} here: {detail}."
+    splits = (("", "paper_orderings", "segment_readout"),)
+    if gen:
+        splits += (
+            (
+                " on the generalisation split",
+                "paper_orderings_generalisation",
+                "segment_readout_generalisation",
+            ),
         )
+    for where, orderings_key, readout_key in splits:
+        orderings = result.get(orderings_key) or {}
+        if orderings:
+            lines.append("")
+        for family, order in orderings.items():
+            verdict = "holds" if order["holds"] else "does not hold"
+            detail = ", ".join(f"{k}: {'yes' if v else 'no'}" for k, v in order["checks"].items())
+            lines.append(f"- Paper ordering, {family}, {verdict}{where}: {detail}.")
+        readout = result.get(readout_key)
+        if readout is not None:
+            verdict = "beats" if readout["beats"] else "does not beat"
+            lines.append(
+                f"- The segment read-out alone ({readout['variant']}, "
+                f"{readout['miou'] * 100:.1f}%) {verdict} {readout['baseline']} "
+                f"({readout['bar'] * 100:.1f}%){where}."
+            )
     scaling = result.get("scaling")
     if scaling is not None:
         lines.append("")
@@ -315,7 +368,8 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         "cache": cache,
         "order": list(rows),  # the JSON file sorts keys; this keeps the config's order
         "variants": rows,
-        "paper_order": paper_order(rows),
+        "paper_orderings": paper_orderings(rows),
+        "paper_orderings_generalisation": paper_orderings(rows, key="gen_miou"),
         "scaling": scaling_checks(rows),
         "scaling_generalisation": scaling_checks(rows, key="gen_miou"),
         "baselines": {k: v["miou"] for k, v in metrics["baselines"].items()},
@@ -325,6 +379,10 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         "code": code_version(),
         "created_at": now(),
     }
+    result["segment_readout"] = segment_readout_check(rows, result["baselines"])
+    result["segment_readout_generalisation"] = segment_readout_check(
+        rows, result["baselines_generalisation"], key="gen_miou"
+    )
     table = format_table(result)
     if result["scaling"] is not None:
         plot = storage.join(out_uri, "scaling.png")

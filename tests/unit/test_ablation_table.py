@@ -3,7 +3,7 @@ the paper's four-way loss ordering is checked here on rows with known scores).""
 
 from __future__ import annotations
 
-from pipeline.ablate import format_table, paper_order
+from pipeline.ablate import format_table, paper_orderings, segment_readout_check
 
 
 def _row(miou: float, *overrides: str, same_as: str | None = None) -> dict:
@@ -11,24 +11,26 @@ def _row(miou: float, *overrides: str, same_as: str | None = None) -> dict:
     return {**row, "same_as": same_as} if same_as else row
 
 
-def test_paper_order_checks_each_step_of_the_loss_ablation():
+def test_paper_orderings_check_each_step_of_each_family_the_job_ran():
     rows = {
         "base": _row(0.21),
         "multiscale": _row(0.285),
         "matching": _row(0.386),
         "both": _row(0.408),
     }
-    order = paper_order(rows)
-    assert order == {
-        "holds": True,
-        "checks": {
-            "base < multiscale": True,
-            "multiscale < matching": True,
-            "matching <= both": True,
-        },
-    }
+    losses = "losses (base < +multi-scale < +matching <= both)"
+    assert paper_orderings(rows) == {
+        losses: {
+            "holds": True,
+            "checks": {
+                "base < multiscale": True,
+                "multiscale < matching": True,
+                "matching <= both": True,
+            },
+        }
+    }  # no grid or mask variants: those families are not checked
     rows["matching"] = _row(0.5)  # matching alone beats both: the last step fails, only it
-    order = paper_order(rows)
+    order = paper_orderings(rows)[losses]
     assert not order["holds"]
     assert order["checks"] == {
         "base < multiscale": True,
@@ -36,8 +38,49 @@ def test_paper_order_checks_each_step_of_the_loss_ablation():
         "matching <= both": False,
     }
     rows["both"] = _row(0.5)  # a tie is allowed on the last step
-    assert paper_order(rows)["holds"]
-    assert paper_order({"both": _row(0.4), "base": _row(0.2)}) is None  # not the four of them
+    assert paper_orderings(rows)[losses]["holds"]
+    assert paper_orderings({"both": _row(0.4), "base": _row(0.2)}) == {}  # not the four of them
+    rows.update(grid_1=_row(0.2), grid_1_3=_row(0.2), grid_1_2_3_4=_row(0.5))
+    rows.update(mask_0=_row(0.5), mask_60=_row(0.4))
+    out = paper_orderings(rows)
+    assert out["grids ({1} < {1,3} < {1,2,3,4})"] == {
+        "holds": False,  # a tie is not a rise on a strict step
+        "checks": {"grid_1 < grid_1_3": False, "grid_1_3 < grid_1_2_3_4": True},
+    }
+    assert out["mask ratio (0 < 0.6)"] == {"holds": False, "checks": {"mask_0 < mask_60": False}}
+    # the generalisation split is checked on its own scores, and only where every row has one
+    assert paper_orderings(rows, key="gen_miou") == {}
+    for name, gen in (("base", 0.1), ("multiscale", 0.2), ("matching", 0.3), ("both", 0.3)):
+        rows[name] = {**rows[name], "gen_miou": gen}
+    assert list(paper_orderings(rows, key="gen_miou")) == [losses]
+    assert paper_orderings(rows, key="gen_miou")[losses]["holds"]
+
+
+def test_segment_readout_is_held_against_grid_crop_on_each_split():
+    rows = {"both": _row(0.36), "readout_segments": {**_row(0.35), "gen_miou": 0.25}}
+    result = {
+        "cache": "/c",
+        "order": ["both", "readout_segments"],
+        "variants": rows,
+        "baselines": {"grid_crop": 0.268},
+        "baselines_generalisation": {"grid_crop": 0.251},
+    }
+    result["segment_readout"] = segment_readout_check(rows, result["baselines"])
+    result["segment_readout_generalisation"] = segment_readout_check(
+        rows, result["baselines_generalisation"], key="gen_miou"
+    )
+    assert result["segment_readout"]["beats"]
+    assert not result["segment_readout_generalisation"]["beats"]  # 25.0 under 25.1
+    table = format_table(result)
+    assert (
+        "- The segment read-out alone (readout_segments, 35.0%) beats grid_crop (26.8%)." in table
+    )
+    assert (
+        "- The segment read-out alone (readout_segments, 25.0%) does not beat grid_crop (25.1%) "
+        "on the generalisation split." in table
+    )
+    assert segment_readout_check({"both": _row(0.3)}, result["baselines"]) is None
+    assert segment_readout_check(rows, {}) is None  # no grid_crop in the job
 
 
 def test_table_keeps_the_config_order_and_marks_aliases():
@@ -52,18 +95,21 @@ def test_table_keeps_the_config_order_and_marks_aliases():
             "mask_60": _row(0.408, "train.mask_ratio=0.6", same_as="both"),
         },
     }
-    result["paper_order"] = paper_order(result["variants"])
+    result["paper_orderings"] = paper_orderings(result["variants"])
     table = format_table(result)
     lines = table.splitlines()
     assert lines[2].startswith("| both | (job config) | 40.8% |")
     assert lines[3].startswith("| base | `train.w_matching=0` | 21.1% |")
     assert "| mask_60 | `train.mask_ratio=0.6` (same run as both) | 40.8% |" in table
     assert table.index("| both |") < table.index("| base |") < table.index("| mask_60 |")
-    assert "Paper ordering (base < +multi-scale < +matching <= both) holds here" in table
+    assert (
+        "- Paper ordering, losses (base < +multi-scale < +matching <= both), holds: "
+        "base < multiscale: yes" in table
+    )
     assert table.rstrip().endswith("All variants trained on one cache: `/c/extract/fp`.")
     result["variants"]["base"] = _row(0.5)
-    result["paper_order"] = paper_order(result["variants"])
-    assert "does not hold here: base < multiscale: no" in format_table(result)
+    result["paper_orderings"] = paper_orderings(result["variants"])
+    assert "does not hold: base < multiscale: no" in format_table(result)
 
 
 def test_table_lists_the_training_free_methods_after_the_variants():
@@ -71,7 +117,7 @@ def test_table_lists_the_training_free_methods_after_the_variants():
         "cache": "/c",
         "order": ["both"],
         "variants": {"both": _row(0.3)},
-        "paper_order": None,
+        "paper_orderings": {},
         "baselines": {"all_background": 0.119, "naclip": 0.25, "grid_crop": 0.228},
     }
     rows = [r for r in format_table(result).splitlines() if "teacher only" in r]
