@@ -9,6 +9,7 @@ settings), so listing an alias such as ``mask_60`` next to ``both`` costs nothin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -146,10 +147,14 @@ def recipe_key(cfg: Config) -> str:
     return json.dumps([train, d["student"], d["eval"]], sort_keys=True)
 
 
+def training_key(cfg: Config) -> str:
+    """What makes two variants the same training (their names and eval settings aside): a
+    variant that changes only how the student is evaluated reuses that training's checkpoint."""
+    return json.dumps(json.loads(recipe_key(cfg))[:2] + [cfg.world.n_train], sort_keys=True)
+
+
 def _without_scale(cfg: Config) -> str:
     """The variant's recipe with its epochs left out (scenes are not in the recipe key)."""
-    import dataclasses
-
     return recipe_key(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0)))
 
 
@@ -227,11 +232,12 @@ def format_table(result: dict[str, Any]) -> str:
         over = ", ".join(f"`{o}`" for o in r["overrides"]) or "(job config)"
         if r.get("same_as"):
             over += f" (same run as {r['same_as']})"
+        speed = f"{r['samples_per_s']:.0f} | {r['train_s']:.0f}"
+        if r.get("checkpoint_of"):  # no training of its own
+            over += f" (evaluates {r['checkpoint_of']}'s checkpoint)"
+            speed = "— | —"
         gen_cell = f" {_pct(r.get('gen_miou'))} |" if gen else ""
-        lines.append(
-            f"| {name} | {over} | {r['miou'] * 100:.1f}% |{gen_cell} {r['samples_per_s']:.0f} | "
-            f"{r['train_s']:.0f} |"
-        )
+        lines.append(f"| {name} | {over} | {r['miou'] * 100:.1f}% |{gen_cell} {speed} |")
     from zeroseg.config import BASELINE_METHODS
 
     baselines = result.get("baselines") or {}
@@ -329,6 +335,7 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
     log(f"[ablation] {len(variants)} variants, each on the cache of its world size")
     rows: dict[str, dict[str, Any]] = {}
     seen: dict[str, str] = {}
+    trained: dict[str, tuple[str, str]] = {}  # training key -> (variant, its train.name)
     for i, (name, cfg) in enumerate(variants.items(), start=1):
         same = seen.setdefault(recipe_key(cfg) + str(cfg.world.n_train), name)
         if same != name:
@@ -337,6 +344,13 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
             rows[name]["same_as"] = same
             continue
         up = upstream_of(cfg)
+        owner, train_name = trained.setdefault(training_key(cfg), (name, cfg.train.name))
+        if owner != name:  # only the evaluation differs: score the same checkpoint again
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, name=train_name))
+            log(
+                f"[ablation] variant {i}/{len(variants)} {name!r}: evaluates {owner!r}'s "
+                "checkpoint with its own eval settings"
+            )
         log(f"[ablation] variant {i}/{len(variants)} {name!r}: reusing cache {up.cache}")
         out = run_stages(cfg, ["train", "eval"], log, cache=up.cache, teacher=up.teacher)
         final = out.final
@@ -345,6 +359,7 @@ def run_ablation(path: str | None, overrides: list[str], base: Config, log=print
         steps = trained_steps(final)
         rows[name] = {
             "overrides": list(base.ablation.variants[name]),
+            **({"checkpoint_of": owner} if owner != name else {}),
             "miou": metrics["student"]["miou"],
             "gen_miou": _generalisation(metrics["student"]),
             "per_class": metrics["student"]["per_class"],

@@ -160,16 +160,19 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
         "ablation.variants.base=[train.multiscale_views=global,train.w_matching=0]",
         # the demo's own mask ratio: the same recipe as "both", so not trained again
         f"ablation.variants.same_mask=[train.mask_ratio={cfg.train.mask_ratio}]",
+        # only the read-out differs from "both": its checkpoint is scored again, not retrained
+        "ablation.variants.readout_segments=[eval.student_readout=segments]",
     ]
     same = "same_mask"
     assert main(args) == 0
     out = capsys.readouterr().out
     assert out.count("teacher cache extracted once") == 1
-    assert out.count("reusing cache") == 2
+    assert out.count("reusing cache") == 3
     assert "'same_mask': the same recipe as 'both'" in out
+    assert "'readout_segments': evaluates 'both''s checkpoint" in out
     assert len(os.listdir(os.path.join(cfg.storage.root, "extract"))) == 1  # one cache
     result = json.load(open(os.path.join(cfg.storage.root, "ablation", "ablation.json")))
-    names = ["both", "base", "same_mask"]
+    names = ["both", "base", "same_mask", "readout_segments"]
     assert result["order"] == names and set(result["variants"]) == set(names)
     assert result["variants"][same]["same_as"] == "both"
     assert result["variants"][same]["miou"] == result["variants"]["both"]["miou"]
@@ -177,14 +180,28 @@ def test_ablation_trains_every_variant_on_one_cache(demo, capsys):
     for row in result["variants"].values():
         assert 0.0 <= row["miou"] <= 1.0 and row["samples_per_s"] > 0
     assert result["paper_orderings"] == {}  # no family of the paper's variants was run whole
-    assert result["segment_readout"] is None  # nor the segment read-out row
+    readout = result["variants"]["readout_segments"]
+    assert readout["checkpoint_of"] == "both"
+    assert readout["checkpoint"] == result["variants"]["both"]["checkpoint"]
+    assert result["segment_readout"] == {
+        "variant": "readout_segments",
+        "baseline": "grid_crop",
+        "miou": readout["miou"],
+        "bar": result["baselines"]["grid_crop"],
+        "beats": readout["miou"] > result["baselines"]["grid_crop"],
+    }
     assert set(result["baselines"]) >= {"grid_crop", "all_background"}
     table = open(os.path.join(cfg.storage.root, "ablation", "ablation.md")).read()
     assert "(same run as both)" in table and "Paper ordering" not in table
     assert table.index("| both |") < table.index("| base |") < table.index("| same_mask |")
-    # every distinct variant is its own training run
-    runs = os.listdir(os.path.join(cfg.storage.root, "train"))
-    assert {"both", "base"} <= {r.split("-")[1] for r in runs if r.startswith("demo-")}
+    assert (
+        "| readout_segments | `eval.student_readout=segments` (evaluates both's checkpoint)"
+        in table
+    )
+    assert "- The segment read-out alone (readout_segments, " in table
+    # every distinct training is its own run, and a read-out variant is none
+    runs = [r.split("-")[1] for r in os.listdir(os.path.join(cfg.storage.root, "train"))]
+    assert sorted(r for r in runs if r in names) == ["base", "both"]
 
 
 def test_scaling_extracts_each_world_size_once_and_reuses_its_cache(
