@@ -139,18 +139,23 @@ def scaling_plot_png(rows: dict[str, dict[str, Any]]) -> bytes:
     return figure_png(fig)
 
 
-def recipe_key(cfg: Config) -> str:
-    """What makes two variants the same training run (their names aside)."""
+def _recipe_parts(cfg: Config) -> list[dict[str, Any]]:
+    """The variant's train (name aside), student and eval settings."""
     d = config_to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k != "name"}
     train["view_levels"] = sorted(train["view_levels"] or cfg.views.levels)
-    return json.dumps([train, d["student"], d["eval"]], sort_keys=True)
+    return [train, d["student"], d["eval"]]
+
+
+def recipe_key(cfg: Config) -> str:
+    """What makes two variants the same row: one training, evaluated the same way."""
+    return json.dumps(_recipe_parts(cfg), sort_keys=True)
 
 
 def training_key(cfg: Config) -> str:
     """What makes two variants the same training (their names and eval settings aside): a
     variant that changes only how the student is evaluated reuses that training's checkpoint."""
-    return json.dumps(json.loads(recipe_key(cfg))[:2] + [cfg.world.n_train], sort_keys=True)
+    return json.dumps([*_recipe_parts(cfg)[:2], cfg.world.n_train], sort_keys=True)
 
 
 def _without_scale(cfg: Config) -> str:
