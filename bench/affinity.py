@@ -5,8 +5,11 @@
   code (``pair_terms_by_autograd``), at the shapes of the quality job's step. Below 1 is faster.
 - ``quality_step_vs_autograd``: seconds of the quality job's whole training step (its student,
   losses and optimiser, ``zeroseg.train_step``) with the hand-written backward over the same step
-  with the plain formulation. Both sides give bit-identical losses and gradients
-  (tests/unit/test_losses.py), so the ratio is pure speed.
+  with the plain formulation, the prior on every pixel (stride 1) on both sides. Both sides give
+  bit-identical losses and gradients (tests/unit/test_losses.py), so the ratio is pure speed.
+- ``quality_step_stride_vs_every_pixel``: the quality job's step with its colour prior on every
+  2nd pixel (``train.affinity_stride=2``, the job's setting) over the same step with the prior on
+  every pixel (stride 1). Another recipe, not the same numbers: what the stride saves.
 
 Random teacher embeddings and fixed scenes: speed does not depend on what was learned.
 Prints one JSON line per measure: {"bench", "measure", "value", "goal", "unit", ...}.
@@ -69,7 +72,10 @@ def prior_alone(batch: int, groups: int, side: int, steps: int) -> tuple[float, 
     return run(losses._PairColourPrior.apply), run(plain_prior)
 
 
-def quality_step(batch: int, steps: int) -> tuple[float, float]:
+def quality_step(batch: int, steps: int, strides: tuple[int, int] = (1, 1)) -> tuple[float, float]:
+    """Seconds of the quality step with the hand-written prior at colour-prior stride
+    ``strides[0]`` and of the step at ``strides[1]``: with the plain prior when the strides are
+    equal (the backward's speed-up), with the hand-written one when they differ (the stride's)."""
     from zeroseg.augment import step_generator
     from zeroseg.config import load_config, student_architecture
     from zeroseg.data.shapes import render_scene, scene_rng
@@ -82,9 +88,10 @@ def quality_step(batch: int, steps: int) -> tuple[float, float]:
     g = torch.Generator().manual_seed(1)
     views = torch.nn.functional.normalize(torch.randn(batch, 30, 64, generator=g), dim=-1)
 
-    def timed(prior) -> float:
+    def timed(prior, stride: int) -> float:
         torch.manual_seed(0)
         model = build_student(student_architecture(cfg), embed_dim=64).train()
+        cfg.train.affinity_stride = stride
         settings = step_settings(
             cfg.train,
             (1, 2, 3, 4),
@@ -114,7 +121,9 @@ def quality_step(batch: int, steps: int) -> tuple[float, float]:
         finally:
             del losses._PairColourPrior.apply
 
-    return timed(losses._PairColourPrior.apply), timed(plain_prior)
+    hand = losses._PairColourPrior.apply
+    fast, slow = strides
+    return timed(hand, fast), timed(hand if fast != slow else plain_prior, slow)
 
 
 def main() -> None:
@@ -132,16 +141,18 @@ def main() -> None:
             args.batch, args.groups, 64, args.steps
         ),
         "quality_step_vs_autograd": lambda: quality_step(args.batch, args.steps),
+        "quality_step_stride_vs_every_pixel": lambda: quality_step(args.batch, args.steps, (2, 1)),
     }
     for measure, timed in sides.items():  # each printed as soon as it is measured
         fast, plain = timed()
+        baseline = "every_pixel_s" if measure.endswith("every_pixel") else "autograd_s"
         emit(
             measure,
             fast / plain,
             None,
             "ratio",
             fast_s=round(fast, 4),
-            autograd_s=round(plain, 4),
+            **{baseline: round(plain, 4)},
             machine=machine,
         )
 

@@ -64,6 +64,7 @@ LATER_RECIPE_DEFAULTS = {
     "dense_levels": [],
     "augment": "none",
     "w_region": 0.0,
+    "affinity_stride": 1,
 }
 # Amount of train.resource_label each worker asks for: the label pins workers to nodes that
 # offer it without competing for it.

@@ -33,6 +33,9 @@ TEACHER_DENSE_METHODS = ("maskclip_dense", "dense_raw", "sclip", "clearclip", "n
 VIT_ONLY_METHODS = ("sclip", "clearclip", "naclip")
 # train.augment's choices (their poses: zeroseg.augment.AUGMENT_POSES, which imports torch).
 AUGMENT_MODES = ("none", "hflip", "dihedral")
+# train.affinity_stride's choices: each keeps some of the colour prior's neighbour distances
+# (1, 2 and 4 px; zeroseg.losses.color_affinity), so the prior still ties one colour together.
+AFFINITY_STRIDES = (1, 2, 4)
 BASELINE_METHODS = ("grid_crop", "multigrid_crop", *TEACHER_DENSE_METHODS, "all_background")
 
 __all__ = [
@@ -223,6 +226,10 @@ class TrainConfig:
     # A pairwise colour prior on the grouping (neighbouring pixels of one colour share a group,
     # of clearly different colours do not).
     w_affinity: float = 0.0
+    # The colour prior on every s-th row and column (the blurred image averaged over s x s
+    # blocks, the assignment upsampled to that grid): its pixel pairs cost s*s times less, and
+    # distances that are not a multiple of s are left out. 1 = every pixel.
+    affinity_stride: int = 1
     # Each view's embedding against the mean of the per-patch projections over the patches its
     # box holds (every level in use): patches inside a cell may differ as long as their mean
     # agrees, so the boxes together locate the object (zeroseg.losses.region_pooling).
@@ -489,6 +496,7 @@ def _check(cfg: Config) -> None:
         "train.precision": ("bf16", "fp32"),
         "train.reader": ("auto", "memory", "stream"),
         "train.augment": AUGMENT_MODES,
+        "train.affinity_stride": AFFINITY_STRIDES,
     }
     for key, allowed in choices.items():
         if getattr(cfg.train, key.split(".")[1]) not in allowed:

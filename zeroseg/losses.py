@@ -216,6 +216,7 @@ def color_affinity(
     far: Sequence[int] = (8, 16, 32),
     same_below: float = 0.05,
     apart_above: float = 0.2,
+    stride: int = 1,
 ) -> torch.Tensor:
     """Pairwise colour prior on the grouping, at pixel resolution.
 
@@ -230,6 +231,11 @@ def color_affinity(
     out of one group. Neighbours (``dilations``) differing by less than ``same_below`` pay
     ``-log s``; far pairs of one colour are left free. The two means are added, so the few
     pairs across boundaries weigh as much as the many inside regions.
+
+    ``stride`` s > 1 compares pixels on every s-th row and column only: the blurred colours are
+    averaged over s x s blocks and the assignment is upsampled to that coarser grid (it is a
+    bilinear map of the patch grid, smooth below a patch), and the distances are kept in image
+    pixels, those that are not a multiple of s left out. The pairs cost s * s times less.
     """
     b, n, g = patch_groups.shape
     gh, gw = (int(v) for v in grid_hw)
@@ -237,13 +243,23 @@ def color_affinity(
     seen = torch.cat([patch_groups, torch.ones_like(patch_groups[..., :1])], dim=-1)
     full = full.scatter(1, patch_index[..., None].expand(-1, -1, g + 1), seen)
     maps = full.transpose(1, 2).reshape(b, g + 1, gh, gw).float()
-    up = F.interpolate(maps, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    colors = F.avg_pool2d(images.float(), 3, stride=1, padding=1, count_include_pad=False)
+    if stride > 1:
+        colors = F.avg_pool2d(colors, stride)
+    up = F.interpolate(maps, size=colors.shape[-2:], mode="bilinear", align_corners=False)
     weight = up[:, -1:]  # share of the interpolation that came from visible patches
     probs = up[:, :-1] / weight.clamp_min(1e-6)
     valid = (weight[:, 0] > 0.25).float()
-    colors = F.avg_pool2d(images.float(), 3, stride=1, padding=1, count_include_pad=False)
-    offsets = affinity_offsets(dilations, far)
+    offsets = affinity_offsets(*(strided_distances(d, stride) for d in (dilations, far)))
     return _PairColourPrior.apply(probs, colors.detach(), valid, offsets, same_below, apart_above)
+
+
+def strided_distances(distances: Sequence[int], stride: int) -> tuple[int, ...]:
+    """Pixel distances in steps of a grid that keeps every ``stride``-th pixel: those that are
+    a multiple of it, divided by it."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    return tuple(d // stride for d in distances if d % stride == 0)
 
 
 def affinity_offsets(dilations: Sequence[int], far: Sequence[int]) -> list[tuple[int, int, bool]]:
@@ -387,6 +403,7 @@ def distill_loss(
     target_center: torch.Tensor | None = None,
     multiscale_views: str = "all",
     images: torch.Tensor | None = None,
+    affinity_stride: int = 1,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Weighted sum of the ZeroSeg terms for one batch.
 
@@ -402,7 +419,7 @@ def distill_loss(
     than by the component all cells share. The paper's terms are unaffected.
     ``multiscale_views="global"`` distils z to the whole-image view v1 only (the paper's
     ablation base) instead of every view. ``images`` (B, 3, H, W) in [0, 1] are needed by the
-    ``affinity`` term only. Returns
+    ``affinity`` term only, ``affinity_stride`` its pixel grid (:func:`color_affinity`). Returns
     ``(total, terms)``: the unweighted terms (detached) for logging, ``multiscale``,
     ``matching``, ``recon`` always, ``dense`` / ``patch`` / ``affinity`` when weighted.
     """
@@ -468,7 +485,7 @@ def distill_loss(
         if images is None:
             raise ValueError("the affinity term needs the batch's images")
         terms["affinity"] = color_affinity(
-            out["patch_groups"], out["patch_index"], out["grid_hw"], images
+            out["patch_groups"], out["patch_index"], out["grid_hw"], images, stride=affinity_stride
         )
     total = sum(w[k] * v for k, v in terms.items() if w[k] != 0)
     if not torch.is_tensor(total):  # every weight zero

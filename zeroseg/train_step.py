@@ -59,6 +59,7 @@ class StepSettings:
     # The grid levels of the per-patch targets (``train.dense_levels``); empty: the finest in use.
     target_levels: tuple[int, ...] = ()
     augment: str = "none"  # train.augment: the poses (zeroseg.augment) a training image may take
+    affinity_stride: int = 1  # train.affinity_stride: the colour prior's pixel grid
 
     @property
     def dense_levels(self) -> tuple[int, ...]:
@@ -100,6 +101,7 @@ def step_settings(
         autocast=gpu and train.precision == "bf16",
         target_levels=tuple(int(v) for v in train.dense_levels),
         augment=train.augment,
+        affinity_stride=train.affinity_stride,
     )
 
 
@@ -192,6 +194,7 @@ def train_step(
             target_center=target_center,
             multiscale_views=settings.multiscale_views,
             images=x,
+            affinity_stride=settings.affinity_stride,
         )
     if after_forward is not None:
         after_forward(total)

@@ -229,7 +229,8 @@ def _square_scene() -> torch.Tensor:
 ALL = torch.arange(64).expand(2, -1)  # every patch of an 8x8 grid, raster order
 
 
-def test_color_affinity_prefers_the_grouping_that_follows_colours():
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_color_affinity_prefers_the_grouping_that_follows_colours(stride):
     img = _square_scene()
     follows = torch.zeros(2, 8, 8, 2)
     follows[..., 0] = 1
@@ -237,13 +238,47 @@ def test_color_affinity_prefers_the_grouping_that_follows_colours():
     merged = torch.zeros(2, 64, 2)
     merged[..., 0] = 1  # one group for square and background
     undecided = torch.full((2, 64, 2), 0.5)
-    good = color_affinity(follows.reshape(2, 64, 2), ALL, (8, 8), img)
-    assert good < color_affinity(undecided, ALL, (8, 8), img)
-    assert color_affinity(undecided, ALL, (8, 8), img) < color_affinity(merged, ALL, (8, 8), img)
+
+    def prior(groups, image):
+        return color_affinity(groups, ALL, (8, 8), image, stride=stride)
+
+    good = prior(follows.reshape(2, 64, 2), img)
+    assert good < prior(undecided, img) < prior(merged, img)
     # uniform colours everywhere: only "same" pairs, and one group is the best answer
     flat = torch.full_like(img, 0.5)
-    assert color_affinity(merged, ALL, (8, 8), flat) < 1e-3
-    assert color_affinity(undecided, ALL, (8, 8), flat) > 0.5
+    assert prior(merged, flat) < 1e-3
+    assert prior(undecided, flat) > 0.5
+
+
+def test_strided_colour_prior_keeps_the_distances_in_image_pixels():
+    from zeroseg.losses import strided_distances
+
+    assert strided_distances((1, 2, 4), 1) == (1, 2, 4)
+    assert strided_distances((1, 2, 4), 2) == (1, 2)  # 2 and 4 px: one and two steps
+    assert strided_distances((8, 16, 32), 4) == (2, 4, 8)
+    assert strided_distances((1, 3), 2) == ()
+    with pytest.raises(ValueError, match="stride"):
+        strided_distances((1,), 0)
+
+
+def test_strided_colour_prior_reads_a_coarser_grid():
+    """Stride 2 is the prior on a 32-px grid: the blurred colours averaged over 2x2 blocks,
+    the assignment upsampled to 32 px, and the 2-32 px distances as 1-16 steps (no 1-px pairs)."""
+    g = torch.Generator().manual_seed(3)
+    small = torch.rand(2, 3, 32, 32, generator=g).round()  # hard colours on a 32-px grid
+    big = small.repeat_interleave(2, -2).repeat_interleave(2, -1)  # the same drawn at 64 px
+    groups = torch.rand(2, 64, 4, generator=g).softmax(-1)
+    coarse = color_affinity(groups, ALL, (8, 8), big, stride=2)
+    assert coarse != color_affinity(groups, ALL, (8, 8), big)  # another set of pairs
+    colors = F.avg_pool2d(F.avg_pool2d(big, 3, stride=1, padding=1, count_include_pad=False), 2)
+    maps = groups.transpose(1, 2).reshape(2, 4, 8, 8)
+    probs = F.interpolate(maps, size=(32, 32), mode="bilinear", align_corners=False)
+    from zeroseg.losses import _PairColourPrior, affinity_offsets
+
+    offsets = affinity_offsets((1, 2), (4, 8, 16))
+    valid = torch.ones(2, 32, 32)
+    expected = _PairColourPrior.apply(probs, colors, valid, offsets, 0.05, 0.2)
+    assert coarse == pytest.approx(float(expected), rel=1e-5)
 
 
 def test_color_affinity_far_pairs_split_separate_objects():

@@ -74,6 +74,7 @@ def test_existing_configs_keep_their_run_folder():
             "dense_levels",
             "augment",
             "w_region",
+            "affinity_stride",
         }
         student = {k: v for k, v in config_to_dict(cfg)["student"].items() if k != "init"}
         old = fingerprint(
@@ -99,6 +100,7 @@ def test_existing_configs_keep_their_run_folder():
         ("train.checkpoint_every_steps=0", "train.checkpoint_every_steps"),
         ("train.resource_labl=x", "train.resource_labl"),
         ("train.augment=rotate", "train.augment"),
+        ("train.affinity_stride=3", "train.affinity_stride"),
     ],
 )
 def test_bad_train_keys_are_named(override, key):
