@@ -30,7 +30,8 @@ def ensure_world(cfg: Config, log=print) -> None:
     if not cfg.world.generate:
         return
     w = cfg.world
-    settings = WorldSettings(image_size=w.image_size)
+    sizes = {"size_range": tuple(w.object_sizes)} if w.object_sizes else {}
+    settings = WorldSettings(image_size=w.image_size, **sizes)
     splits = [
         ("train", cfg.data.train, w.n_train, w.seed, False, settings),
         ("val", cfg.data.val, w.n_val, w.seed + 1, True, settings),

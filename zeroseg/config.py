@@ -97,6 +97,10 @@ class WorldConfig:
     # (the held-out settings are defined there, once) at this resolution.
     n_generalisation: int = 0
     generalisation_image_size: int = 96
+    # Object diameters [lo, hi] as fractions of image_size for the train, val and bench splits
+    # (empty: the world's own range, zeroseg.data.shapes.WorldSettings.size_range). Larger
+    # objects fill more of each grid cell the teacher embeds.
+    object_sizes: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -481,6 +485,7 @@ def _check(cfg: Config) -> None:
     lo, hi = actor_range(cfg.extract)
     if lo > hi:
         problems.append(("extract.min_actors", f"{lo} is above extract.max_actors={hi}"))
+    problems.extend(_world_problems(cfg))
     used = set(cfg.train.view_levels or cfg.views.levels)
     if set(cfg.train.dense_levels) - used:
         why = f"must be grid levels in use in training ({sorted(used)})"
@@ -524,6 +529,22 @@ def _check(cfg: Config) -> None:
     problems.extend(_student_problems(cfg))
     if problems:
         raise ConfigError("; ".join(f"{k}: {msg}" for k, msg in problems))
+
+
+def _world_problems(cfg: Config) -> list[tuple[str, str]]:
+    """``world.object_sizes`` must be a range the shapes world can draw from."""
+    sizes = cfg.world.object_sizes
+    if not sizes:
+        return []
+    from zeroseg.data.shapes import WorldSettings
+
+    if len(sizes) != 2:
+        return [("world.object_sizes", f"must be [lo, hi] (fractions of image_size), got {sizes}")]
+    try:
+        WorldSettings(size_range=(float(sizes[0]), float(sizes[1])))
+    except ValueError as err:
+        return [("world.object_sizes", str(err))]
+    return []
 
 
 def _location_problems(cfg: Config) -> list[tuple[str, str]]:

@@ -140,6 +140,25 @@ def test_ensure_world_draws_the_generalisation_split_from_the_held_out_world(tmp
     assert not os.path.exists(without.data.generalisation)
 
 
+def test_world_object_sizes_draw_the_splits_and_a_split_of_other_sizes_is_refused(tmp_path):
+    sizes = ["world.n_train=3", "world.n_val=2", "world.n_bench=2"]
+    big = load_config(None, [f"storage.root={tmp_path}", *sizes, "world.object_sizes=[0.5,0.6]"])
+    ensure_world(big, log=lambda _: None)
+    for split in (big.data.train, big.data.val, big.data.bench):
+        meta = storage.read_json(storage.join(split, "world.json"))
+        assert meta["settings"]["size_range"] == [0.5, 0.6]
+    # the world's own range on the same folders: the finished splits are not silently reused
+    default = load_config(None, [f"storage.root={tmp_path}", *sizes])
+    with pytest.raises(ValueError, match="other world settings"):
+        ensure_world(default, log=lambda _: None)
+
+
+@pytest.mark.parametrize("sizes", ["[0.5]", "[0.6,0.5]", "[0,0.5]", "[0.31,0.37]"])
+def test_impossible_object_sizes_are_named_before_any_work(sizes):
+    with pytest.raises(ConfigError, match="world[.]object_sizes"):
+        load_config(None, [f"world.object_sizes={sizes}"])
+
+
 def test_seeds_are_single_seed_runs_summarised_by_mean_and_spread(scored):
     import copy
 
