@@ -11,7 +11,8 @@
   2nd pixel (``train.affinity_stride=2``, the job's setting) over the same step with the prior on
   every pixel (stride 1). Another recipe, not the same numbers: what the stride saves.
 
-Random teacher embeddings and fixed scenes: speed does not depend on what was learned.
+Random teacher embeddings of the quality job's teacher's width (128) and fixed scenes, the
+per-patch targets centred as the job trains them: speed does not depend on what was learned.
 Prints one JSON line per measure: {"bench", "measure", "value", "goal", "unit", ...}.
 Usage: python bench/affinity.py [--batch 64] [--steps 6] [--threads 2]
 """
@@ -80,17 +81,22 @@ def quality_step(batch: int, steps: int, strides: tuple[int, int] = (1, 1)) -> t
     from zeroseg.config import load_config, student_architecture
     from zeroseg.data.shapes import render_scene, scene_rng
     from zeroseg.models import build_student
+    from zeroseg.teacher import architecture_shape
     from zeroseg.train_step import StepBatch, make_optimizer, step_settings, train_step
 
     cfg = load_config(os.path.join(ROOT, "jobs", "quality.yaml"))
     imgs = np.stack([render_scene(scene_rng(0, i)).image for i in range(batch)])
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(255.0)
     g = torch.Generator().manual_seed(1)
-    views = torch.nn.functional.normalize(torch.randn(batch, 30, 64, generator=g), dim=-1)
+    # the job's shapes: its teacher's embedding width, and centred per-patch targets
+    dim = architecture_shape(cfg.teacher.model)[0]
+    views = torch.nn.functional.normalize(torch.randn(batch, 30, dim, generator=g), dim=-1)
+    center = views.mean((0, 1)) if cfg.train.center_targets else None
 
-    def timed(prior, stride: int) -> float:
+    def stepper(prior, stride: int):
+        """One side's student, optimiser and step, with ``prior`` as the colour prior."""
         torch.manual_seed(0)
-        model = build_student(student_architecture(cfg), embed_dim=64).train()
+        model = build_student(student_architecture(cfg), embed_dim=dim).train()
         cfg.train.affinity_stride = stride
         settings = step_settings(
             cfg.train,
@@ -102,10 +108,11 @@ def quality_step(batch: int, steps: int, strides: tuple[int, int] = (1, 1)) -> t
         )
         opt = make_optimizer(model, settings)
         gen, step = torch.Generator().manual_seed(0), [0]
-        losses._PairColourPrior.apply = prior  # shadows the inherited one until deleted
-        try:
 
-            def once():
+        def once() -> float:
+            losses._PairColourPrior.apply = prior  # shadows the inherited one until deleted
+            try:
+                t0 = time.perf_counter()
                 train_step(
                     model,
                     StepBatch(x, views),
@@ -113,24 +120,35 @@ def quality_step(batch: int, steps: int, strides: tuple[int, int] = (1, 1)) -> t
                     step[0],
                     settings,
                     generator=gen,
+                    target_center=center,
                     augment_generator=step_generator(0, step[0], 0),
                 )
                 step[0] += 1
+                return time.perf_counter() - t0
+            finally:
+                del losses._PairColourPrior.apply
 
-            return median_seconds(once, steps)
-        finally:
-            del losses._PairColourPrior.apply
+        return once
 
     hand = losses._PairColourPrior.apply
     fast, slow = strides
-    return timed(hand, fast), timed(hand if fast != slow else plain_prior, slow)
+    sides = [stepper(hand, fast), stepper(hand if fast != slow else plain_prior, slow)]
+    # the two sides' steps alternate, so a machine that speeds up or slows down during the
+    # run moves both medians alike
+    times: list[list[float]] = [[], []]
+    for i in range(2 + steps):
+        for side, once in enumerate(sides):
+            took = once()
+            if i >= 2:  # two warm-up steps each
+                times[side].append(took)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--batch", type=int, default=64, help="the quality job's batch")
     ap.add_argument("--groups", type=int, default=8, help="final groups (the quality student's)")
-    ap.add_argument("--steps", type=int, default=6, help="timed repetitions per side")
+    ap.add_argument("--steps", type=int, default=10, help="timed repetitions per side")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
