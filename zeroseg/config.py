@@ -421,6 +421,7 @@ NUMERIC_RULES: dict[str, Bound] = {
     "train.w_patch": _WEIGHT,
     "train.w_affinity": _WEIGHT,
     "train.w_region": _WEIGHT,
+    "train.affinity_stride": _POSITIVE,
     "train.grad_clip": Bound(0, note="0 = no clipping"),
     "train.max_steps": Bound(0, note="0 = every epoch"),
     "train.checkpoint_every_minutes": Bound(0, note="0 = off"),
